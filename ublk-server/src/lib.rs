@@ -1,0 +1,1 @@
+//! rdm-ublk-server
