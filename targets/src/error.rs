@@ -1,0 +1,109 @@
+use std::path::PathBuf;
+
+/// A table that cannot be used, with the line it came from.
+///
+/// `line` is 1-based and refers to the text given to [`crate::Table::parse`];
+/// `text` is that line as written so a user sees what was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {kind}")]
+pub struct TableError {
+    pub line: usize,
+    pub text: String,
+    pub kind: TableErrorKind,
+}
+
+/// The rule a table broke. Messages follow the kernel's `ti->error` strings
+/// where the kernel has one, so users of dmsetup recognise them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableErrorKind {
+    #[error("the table is empty: it needs at least one `<start> <length> <type> <args...>` line")]
+    Empty,
+    #[error("expected `<start> <length> <type> <args...>`")]
+    Syntax,
+    #[error("invalid {what} {value:?}: expected a decimal number of 512-byte sectors")]
+    BadNumber { what: &'static str, value: String },
+    #[error("unknown target type {0:?} (known: linear, striped, zero, error)")]
+    UnknownTarget(String),
+    #[error("zero-length target")]
+    ZeroLength,
+    #[error("gap in table: this segment starts at sector {start} but the previous one ends at {expected}")]
+    Gap { start: u64, expected: u64 },
+    #[error("the table is larger than 2^64 bytes")]
+    TooLarge,
+    #[error("{target}: invalid argument count {got}: expected {expected}")]
+    ArgCount {
+        target: &'static str,
+        got: usize,
+        expected: &'static str,
+    },
+    #[error("{target}: invalid device sector {0:?}", target = "linear")]
+    InvalidDeviceSector(String),
+    #[error("striped: invalid stripe count {0:?}: expected a number from 1 to 4294967295")]
+    InvalidStripeCount(String),
+    #[error(
+        "striped: invalid chunk_size {0:?}: expected a number of sectors from 1 to 4294967295"
+    )]
+    InvalidChunkSize(String),
+    #[error("striped: target length {len} not divisible by number of stripes {stripes}")]
+    LengthNotDivisibleByStripes { len: u64, stripes: u32 },
+    #[error("striped: target length not divisible by chunk size: {len} sectors over {stripes} stripes is {width} sectors per stripe, not a multiple of chunk {chunk}")]
+    LengthNotDivisibleByChunk {
+        len: u64,
+        stripes: u32,
+        width: u64,
+        chunk: u64,
+    },
+    #[error("striped: not enough destinations specified: {stripes} stripes need {expected} arguments after the chunk size, got {got}")]
+    StripeDestinations {
+        stripes: u32,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{target} takes no arguments, got {got}")]
+    NoArgsExpected { target: &'static str, got: usize },
+    #[error("an empty device path")]
+    EmptyPath,
+    #[error("{path}: too small for target: it is {dev_sectors} sectors, the table uses sectors {start}..{end}")]
+    DeviceTooSmall {
+        path: PathBuf,
+        dev_sectors: u64,
+        start: u64,
+        end: u64,
+    },
+    #[error("{path}: the file is read-only but the table is writable (use --read-only)")]
+    ReadOnlyDevice { path: PathBuf },
+    #[error(
+        "{path}: sectors {start}..{end} are mapped writable twice (also on line {other_line})"
+    )]
+    Overlap {
+        path: PathBuf,
+        start: u64,
+        end: u64,
+        other_line: usize,
+    },
+    #[error("{what} {value} is not aligned to the {block_size}-byte logical block size")]
+    Misaligned {
+        what: &'static str,
+        value: u64,
+        block_size: u32,
+    },
+}
+
+impl TableError {
+    pub(crate) fn new(line: usize, text: &str, kind: TableErrorKind) -> Self {
+        Self {
+            line,
+            text: text.trim().to_string(),
+            kind,
+        }
+    }
+}
+
+/// A request that does not fit the device (the server answers it with -EIO).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("request of {nr_sectors} sectors at sector {sector} is beyond the device end ({total_sectors} sectors)")]
+pub struct MapError {
+    pub sector: u64,
+    pub nr_sectors: u64,
+    pub total_sectors: u64,
+}
