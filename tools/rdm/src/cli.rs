@@ -1,0 +1,102 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Tables use the dmsetup syntax, one segment per line, numbers in 512-byte sectors:
+  <start> <length> linear <dev> <offset>
+  <start> <length> striped <#stripes> <chunk_sectors> (<dev> <offset>)+
+  <start> <length> zero
+  <start> <length> error
+<dev> is a regular file or a block device. Lines starting with # are ignored.
+
+Exit codes: 0 success, 1 the operation failed (bad table, unusable backing
+file, device error), 2 wrong usage or not supported by this build or kernel.";
+
+/// rdm: device-mapper tables served from userspace as ublk block devices.
+#[derive(Debug, Parser)]
+#[command(name = "rdm", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a device from a table (or check the table with --dry-run).
+    #[command(after_help = CREATE_EXAMPLES)]
+    Create(CreateArgs),
+}
+
+const CREATE_EXAMPLES: &str = "\
+Examples:
+  rdm create data --table '0 2097152 linear /srv/a.img 0'
+  rdm create fast --table '0 8388608 striped 4 128 /p/0 0 /p/1 0 /p/2 0 /p/3 0'
+  rdm create mixed mixed.table            # table in a file
+  echo '0 2048 zero' | rdm create z -     # table on stdin
+  rdm create data --dry-run --json --table '0 2048 linear /srv/a.img 0'
+In --table, ';' also separates lines.";
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Device name, unique on this host.
+    pub name: String,
+    /// File holding the table, or - for standard input.
+    #[arg(conflicts_with = "table", required_unless_present = "table")]
+    pub file: Option<PathBuf>,
+    /// The table itself; ';' separates lines.
+    #[arg(long, value_name = "TEXT")]
+    pub table: Option<String>,
+    /// Parse and check the table against the backing files, print the
+    /// normalized table, create nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Serve the device read-only (then backing files may be read-only and
+    /// ranges may be mapped more than once).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Logical block size of the device in bytes.
+    #[arg(long, default_value_t = 512, value_parser = parse_block_size)]
+    pub block_size: u32,
+    /// Number of hardware queues (one server thread and io_uring each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub queues: u16,
+    /// Queue depth.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub depth: u16,
+    /// Zero copy: auto uses it when the kernel offers it.
+    #[arg(long, value_enum, default_value_t = ZeroCopy::Auto)]
+    pub zero_copy: ZeroCopy,
+    /// DAX pass-through: auto falls back when a device cannot, required
+    /// fails instead, off never probes.
+    #[arg(long, value_enum, default_value_t = Dax::Auto)]
+    pub dax: Dax,
+    /// Stay in the foreground instead of detaching the server.
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ZeroCopy {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dax {
+    Auto,
+    Required,
+    Off,
+}
+
+fn parse_block_size(s: &str) -> Result<u32, String> {
+    match s {
+        "512" => Ok(512),
+        "4096" => Ok(4096),
+        _ => Err("must be 512 or 4096".into()),
+    }
+}

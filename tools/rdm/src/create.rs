@@ -1,0 +1,104 @@
+use std::io::Read;
+
+use rdm_targets::Table;
+use rdm_ublk_server::backing::{self, BackingError, BackingInfo};
+use serde::Serialize;
+
+use crate::cli::CreateArgs;
+use crate::error::CliError;
+
+/// Reads the table from `--table`, a file, or stdin (`-`).
+fn read_table_text(args: &CreateArgs) -> Result<String, CliError> {
+    if let Some(t) = &args.table {
+        return Ok(t.replace(';', "\n"));
+    }
+    let file = args.file.as_ref().expect("clap requires FILE or --table");
+    if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CliError::failed(format!("cannot read the table from stdin: {e}")))?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(file)
+        .map_err(|e| CliError::failed(format!("cannot read table file {}: {e}", file.display())))
+}
+
+/// Parses and checks a table against its backing devices and the device
+/// options; the one path every verb that takes a table goes through.
+pub fn load(args: &CreateArgs) -> Result<(Table, Vec<BackingInfo>), CliError> {
+    let text = read_table_text(args)?;
+    let bad_table = |e: rdm_targets::TableError| {
+        let c = CliError::failed(format!("{}: bad table: {e}", args.name));
+        if e.text.is_empty() {
+            c
+        } else {
+            c.with_context(e.text)
+        }
+    };
+    let table = Table::parse(&text).map_err(bad_table)?;
+    table.check_block_size(args.block_size).map_err(bad_table)?;
+    let devices = backing::check_table(&table, !args.read_only).map_err(|e| match e {
+        BackingError::Table(t) => bad_table(t),
+        other => CliError::failed(format!("{}: {other}", args.name)),
+    })?;
+    Ok((table, devices))
+}
+
+#[derive(Serialize)]
+struct DryRun<'a> {
+    name: &'a str,
+    size_sectors: u64,
+    size_bytes: u64,
+    block_size: u32,
+    read_only: bool,
+    table: String,
+    segments: &'a [rdm_targets::Segment],
+    devices: Vec<DeviceReport<'a>>,
+    /// DAX capability of the whole table: "unknown" until probing exists.
+    dax: &'static str,
+}
+
+#[derive(Serialize)]
+struct DeviceReport<'a> {
+    #[serde(flatten)]
+    backing: &'a BackingInfo,
+    dax: &'static str,
+}
+
+pub fn run(args: CreateArgs) -> Result<(), CliError> {
+    let (table, devices) = load(&args)?;
+    if !args.dry_run {
+        return Err(CliError::usage(format!(
+            "{}: the table is valid, but this build of rdm cannot serve devices yet \
+             (the ublk server is not built); use --dry-run to check tables",
+            args.name
+        )));
+    }
+    if args.json {
+        let report = DryRun {
+            name: &args.name,
+            size_sectors: table.total_sectors(),
+            size_bytes: table.total_bytes(),
+            block_size: args.block_size,
+            read_only: args.read_only,
+            table: table.to_string(),
+            segments: table.segments(),
+            devices: devices
+                .iter()
+                .map(|b| DeviceReport {
+                    backing: b,
+                    dax: "unknown",
+                })
+                .collect(),
+            dax: "unknown",
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("plain data serializes")
+        );
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}

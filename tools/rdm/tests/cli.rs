@@ -1,0 +1,223 @@
+//! The `rdm` binary as a user runs it: exit codes, stdout, stderr.
+
+use std::fs;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn rdm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rdm"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new(sizes: &[(&str, u64)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, sectors) in sizes {
+            let f = fs::File::create(dir.path().join(name)).unwrap();
+            f.set_len(sectors * 512).unwrap();
+        }
+        Files { dir }
+    }
+    fn p(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+#[test]
+fn dry_run_prints_the_normalized_table() {
+    let f = Files::new(&[("a", 2048), ("b", 1024), ("c", 1024)]);
+    let table = format!(
+        "0 1024 linear {}  0 ; 1024 2048 striped 2 128 {} 0 {} 0;3072 8 zero",
+        f.p("a"),
+        f.p("b"),
+        f.p("c")
+    );
+    let o = rdm(&["create", "t", "--dry-run", "--table", &table]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "0 1024 linear {} 0\n1024 2048 striped 2 128 {} 0 {} 0\n3072 8 zero\n",
+            f.p("a"),
+            f.p("b"),
+            f.p("c")
+        )
+    );
+}
+
+#[test]
+fn dry_run_json_describes_segments_and_devices() {
+    let f = Files::new(&[("a", 2048)]);
+    let table = format!("0 2048 linear {} 0", f.p("a"));
+    let o = rdm(&["create", "t", "--dry-run", "--json", "--table", &table]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["name"], "t");
+    assert_eq!(v["size_sectors"], 2048);
+    assert_eq!(v["size_bytes"], 2048 * 512);
+    assert_eq!(v["segments"][0]["target"]["type"], "linear");
+    assert_eq!(v["devices"][0]["path"], f.p("a"));
+    assert_eq!(v["devices"][0]["kind"], "file");
+    assert_eq!(v["devices"][0]["size_bytes"], 2048 * 512);
+    assert_eq!(v["devices"][0]["read_only"], false);
+    assert!(v["devices"][0]["dax"].is_string());
+}
+
+#[test]
+fn table_from_file_and_stdin() {
+    let f = Files::new(&[("a", 16)]);
+    let tf = f.dir.path().join("t.table");
+    fs::write(&tf, format!("# my table\n0 16 linear {} 0\n", f.p("a"))).unwrap();
+    let o = rdm(&["create", "t", "--dry-run", tf.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("0 16 linear {} 0\n", f.p("a")));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rdm"))
+        .args(["create", "t", "--dry-run", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"0 8 zero\n8 8 error\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "0 8 zero\n8 8 error\n");
+}
+
+#[test]
+fn bad_tables_give_one_clear_error_and_the_line() {
+    let f = Files::new(&[("a", 16)]);
+    let cases = [
+        (
+            "0 8 zero\n8 8 linear X",
+            "line 2: linear: invalid argument count 1",
+            "8 8 linear X",
+        ),
+        (
+            "0 16 striped 2 3 X 0 Y 0",
+            "not divisible by chunk size",
+            "0 16 striped 2 3 X 0 Y 0",
+        ),
+        ("4 8 zero", "gap in table", "4 8 zero"),
+        (
+            "0 8 frobnicate",
+            "unknown target type \"frobnicate\"",
+            "0 8 frobnicate",
+        ),
+    ];
+    for (table, msg, line) in cases {
+        let table = table.replace('X', &f.p("a")).replace('Y', &f.p("a"));
+        let line = line.replace('X', &f.p("a")).replace('Y', &f.p("a"));
+        let o = rdm(&["create", "t", "--dry-run", "--table", &table]);
+        assert_eq!(o.status.code(), Some(1), "{table}");
+        let e = stderr(&o);
+        assert!(e.starts_with("rdm: t: bad table: "), "{e}");
+        assert!(e.contains(msg), "{e}");
+        assert!(e.contains(&format!("  | {line}")), "{e}");
+        assert!(!e.contains("panicked"), "{e}");
+        assert!(o.stdout.is_empty());
+    }
+}
+
+#[test]
+fn backing_file_problems_name_the_file() {
+    let f = Files::new(&[("a", 16)]);
+    let o = rdm(&[
+        "create",
+        "t",
+        "--dry-run",
+        "--table",
+        &format!("0 17 linear {} 0", f.p("a")),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("{}: too small for target", f.p("a"))),
+        "{}",
+        stderr(&o)
+    );
+
+    let missing = f.p("missing");
+    let o = rdm(&[
+        "create",
+        "t",
+        "--dry-run",
+        "--table",
+        &format!("0 8 linear {missing} 0"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&missing) && stderr(&o).contains("No such file"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = rdm(&["create", "t", "--dry-run", "nonexistent.table"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot read table file nonexistent.table"));
+
+    let t = format!("0 8 linear {a} 0\n8 8 linear {a} 4", a = f.p("a"));
+    let o = rdm(&["create", "t", "--dry-run", "--table", &t]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("mapped writable twice"),
+        "{}",
+        stderr(&o)
+    );
+    let o = rdm(&["create", "t", "--dry-run", "--read-only", "--table", &t]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn block_size_is_checked() {
+    let o = rdm(&[
+        "create",
+        "t",
+        "--dry-run",
+        "--block-size",
+        "4096",
+        "--table",
+        "0 12 zero",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not aligned to the 4096-byte logical block size"));
+    let o = rdm(&[
+        "create",
+        "t",
+        "--dry-run",
+        "--block-size",
+        "1024",
+        "--table",
+        "0 16 zero",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_has_examples() {
+    assert_eq!(rdm(&["create", "t"]).status.code(), Some(2));
+    assert_eq!(rdm(&["frobnicate"]).status.code(), Some(2));
+    let o = rdm(&["create", "--help"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("Examples:"));
+    let o = rdm(&["--help"]);
+    assert!(stdout(&o).contains("Exit codes"));
+}

@@ -1,0 +1,131 @@
+//! Backing devices: what they are, how big, whether they can be written.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rdm_targets::{DeviceInfo, Table, TableError};
+use serde::Serialize;
+
+/// A backing device that cannot be used, naming its path and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum BackingError {
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
+    #[error("{path}: not a regular file or block device")]
+    WrongType { path: PathBuf },
+    #[error(transparent)]
+    Table(#[from] TableError),
+}
+
+/// What kind of object a backing path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackingKind {
+    File,
+    BlockDevice,
+}
+
+/// Facts about one backing path, gathered without changing it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackingInfo {
+    pub path: PathBuf,
+    pub kind: BackingKind,
+    #[serde(flatten)]
+    pub info: DeviceInfo,
+}
+
+/// Looks at a backing path: type, size, identity and writability.
+///
+/// A file counts as read-only when it has no write permission bit at all
+/// (root could still write it, but `chmod a-w` says the owner means it) or
+/// when opening it for writing is refused (read-only mount, immutable file,
+/// `blockdev --setro`).
+pub fn inspect(path: &Path) -> Result<BackingInfo, BackingError> {
+    let io_err = |cause| BackingError::Io {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    let ft = meta.file_type();
+    let (kind, identity) = if ft.is_file() {
+        (BackingKind::File, (meta.dev(), meta.ino()))
+    } else if ft.is_block_device() {
+        (BackingKind::BlockDevice, (u64::MAX, meta.rdev()))
+    } else {
+        return Err(BackingError::WrongType {
+            path: path.to_path_buf(),
+        });
+    };
+    let no_write_bits = meta.mode() & 0o222 == 0;
+    let (file, read_only) = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => (f, no_write_bits),
+        Err(e) if is_read_only_error(&e) => (File::open(path).map_err(io_err)?, true),
+        Err(e) => return Err(io_err(e)),
+    };
+    let size_bytes = match kind {
+        BackingKind::File => meta.len(),
+        BackingKind::BlockDevice => block_device_size(&file).map_err(io_err)?,
+    };
+    Ok(BackingInfo {
+        path: path.to_path_buf(),
+        kind,
+        info: DeviceInfo {
+            size_bytes,
+            read_only,
+            identity,
+        },
+    })
+}
+
+fn is_read_only_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)
+    )
+}
+
+fn block_device_size(f: &File) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut size: u64 = 0;
+    // SAFETY: the fd is open for the duration of the call and the ioctl
+    // writes exactly one u64 into `size`.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKGETSIZE64, &mut size) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+/// Inspects every device of a table and checks the table against them.
+pub fn check_table(table: &Table, writable: bool) -> Result<Vec<BackingInfo>, BackingError> {
+    let infos = table
+        .devices()
+        .iter()
+        .map(|p| inspect(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let facts: Vec<DeviceInfo> = infos.iter().map(|b| b.info).collect();
+    table.check_devices(&facts, writable)?;
+    Ok(infos)
+}
+
+/// Opens a backing device for I/O: `O_DIRECT` when the file system takes it
+/// (tmpfs does not), else buffered. Returns the file and whether it is direct.
+pub fn open(path: &Path, writable: bool) -> Result<(File, bool), BackingError> {
+    let io_err = |cause| BackingError::Io {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(writable);
+    match opts.clone().custom_flags(libc::O_DIRECT).open(path) {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Ok((opts.open(path).map_err(io_err)?, false))
+        }
+        Err(e) => Err(io_err(e)),
+    }
+}
