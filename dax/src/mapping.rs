@@ -1,0 +1,618 @@
+//! [`DaxMapping`]: a whole fs-dax file or device-dax device mapped into the
+//! process, with durable, bounds-checked stores.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::arch::{self, FlushInstr};
+use crate::error::DaxError;
+use crate::probe::{
+    self, Dax, DaxInfo, DaxKind, PersistenceDomain, Unsupported, UnsupportedReason,
+};
+
+/// Under [`WriteStrategy::Auto`], writes of at least this many bytes use
+/// non-temporal stores when cache lines must be flushed (ADR,
+/// `memory_controller` / unknown domain).
+///
+/// Chosen by measurement (`cargo run --release -p rdm-dax --example
+/// nt_bench`; 2-core x86-64 VM with clwb, DRAM-backed tmpfs mapping, GB/s
+/// of `write_at` including its flush + sfence):
+///
+/// | write size | copy + clwb | non-temporal |
+/// |-----------:|------------:|-------------:|
+/// |      256 B |   1.3       |   2.2        |
+/// |      512 B |   2.4–2.6   |   4.2–4.4    |
+/// |     4 KiB  |   7.7–9.5   |  17.5–20.3   |
+/// |    64 KiB  |  11.6–16.2  |  28.3–28.8   |
+/// |     1 MiB  |  11.7–13.8  |  24.3–33.2   |
+///
+/// Non-temporal stores win at every size that contains a whole cache line:
+/// they avoid the read-for-ownership of the destination line and the second
+/// pass that writes each line back. On real pmem the gap should only widen.
+pub const NT_THRESHOLD_FLUSH: usize = 256;
+
+/// Under [`WriteStrategy::Auto`], writes of at least this many bytes use
+/// non-temporal stores when no flush is needed (eADR, `cpu_cache` domain).
+///
+/// Measured as above with only an sfence after cached stores: cached stores
+/// win up to 4 KiB (256 B: 20 vs 2.2 GB/s; 4 KiB: 19–22 vs 18–20 GB/s) and
+/// non-temporal stores win from 16 KiB (21–26 vs 25–32 GB/s; 64 KiB: 20–27
+/// vs 26–39 GB/s), where not polluting the cache starts to pay.
+pub const NT_THRESHOLD_EADR: usize = 16 * 1024;
+
+/// How [`DaxMapping::write_at`] stores data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteStrategy {
+    /// Non-temporal stores for writes of at least [`NT_THRESHOLD_FLUSH`]
+    /// bytes (or [`NT_THRESHOLD_EADR`] on eADR), cached stores below.
+    Auto,
+    /// Always cached stores followed by a cache-line flush.
+    Cached,
+    /// Always non-temporal stores for the whole cache lines of a write
+    /// (the partial lines at either end use cached stores + flush).
+    NonTemporal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    FsDax,
+    DevDax,
+    Plain,
+}
+
+/// A mapping of a whole fs-dax file (`MAP_SHARED_VALIDATE | MAP_SYNC`) or
+/// device-dax device (`MAP_SHARED`), or — for tests — a plain `MAP_SHARED`
+/// mapping of an ordinary file.
+///
+/// Every access is bounds-checked and returns [`DaxError::OutOfRange`]
+/// instead of touching memory outside the mapping. Methods take `&self` so a
+/// mapping can be shared by I/O queues; like a disk, concurrent overlapping
+/// writes (or a read overlapping a write) leave unspecified bytes, and the
+/// memory may also be changed by other processes mapping the same file, so
+/// no Rust reference to the mapped bytes is ever handed out — all accesses
+/// are raw copies.
+///
+/// Limitations: a memory error (poisoned pmem line) or truncation of an
+/// fs-dax file by someone else while mapped raises `SIGBUS` on access; this
+/// crate installs no `SIGBUS` handler.
+#[derive(Debug)]
+pub struct DaxMapping {
+    ptr: *mut u8,
+    len: usize,
+    path: PathBuf,
+    mode: Mode,
+    writable: bool,
+    domain: PersistenceDomain,
+    flush: FlushInstr,
+    strategy: WriteStrategy,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; it holds no
+// thread-affine state. All accesses copy through raw pointers after bounds
+// checks, so sharing `&DaxMapping` between threads cannot produce a dangling
+// or out-of-bounds access (overlapping concurrent writes give unspecified
+// bytes, as documented, exactly as another process writing the file would).
+unsafe impl Send for DaxMapping {}
+// SAFETY: see `Send` above.
+unsafe impl Sync for DaxMapping {}
+
+fn mmap(file: &File, len: usize, writable: bool, flags: libc::c_int) -> Result<*mut u8, io::Error> {
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    // SAFETY: a new mapping at a kernel-chosen address; it overlaps no
+    // existing Rust object. The fd is valid for the duration of the call.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, file.as_raw_fd(), 0) };
+    if p == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(p as *mut u8)
+    }
+}
+
+fn to_usize(path: &Path, size: u64) -> Result<usize, DaxError> {
+    usize::try_from(size)
+        .map_err(|_| DaxError::invalid(path, format!("size {size} does not fit the address space")))
+}
+
+impl DaxMapping {
+    /// Probe `path` and map it; DAX is required, so an unsupported path is
+    /// [`DaxError::Unsupported`].
+    pub fn open(path: &Path) -> Result<Self, DaxError> {
+        match probe::probe(path)? {
+            Dax::Supported(info) => Self::map(&info),
+            Dax::Unsupported(u) => Err(DaxError::Unsupported(u)),
+        }
+    }
+
+    /// Map what [`crate::probe`] found supported. The file is reopened (read-
+    /// write if `info.writable`); an fs-dax file is mapped at its current
+    /// size, a device-dax device at its sysfs size.
+    pub fn map(info: &DaxInfo) -> Result<Self, DaxError> {
+        let path = &info.path;
+        let (file, writable) = probe::open_rw_or_ro(path)?;
+        let writable = writable && info.writable;
+        let (len, flags, mode) = match info.kind {
+            DaxKind::FsDax => {
+                let m = file.metadata().map_err(|e| DaxError::io(path, "stat", e))?;
+                (
+                    m.len(),
+                    libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC,
+                    Mode::FsDax,
+                )
+            }
+            DaxKind::DevDax => (info.size, libc::MAP_SHARED, Mode::DevDax),
+        };
+        if len == 0 {
+            return Err(DaxError::Empty { path: path.clone() });
+        }
+        let len = to_usize(path, len)?;
+        let ptr = match mmap(&file, len, writable, flags) {
+            Ok(p) => p,
+            Err(e) if mode == Mode::FsDax && e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                // The file stopped being DAX between probe and map.
+                return Err(DaxError::Unsupported(Unsupported {
+                    path: path.clone(),
+                    reason: UnsupportedReason::MapSyncRefused {
+                        errno: libc::EOPNOTSUPP,
+                    },
+                }));
+            }
+            Err(e) => return Err(DaxError::io(path, "mmap", e)),
+        };
+        let m = DaxMapping {
+            ptr,
+            len,
+            path: path.clone(),
+            mode,
+            writable,
+            domain: info.persistence_domain,
+            flush: if info.persistence_domain.needs_flush() {
+                arch::best_flush_instr()
+            } else {
+                FlushInstr::FenceOnly
+            },
+            strategy: WriteStrategy::Auto,
+        };
+        if mode == Mode::DevDax
+            && info.align.is_power_of_two()
+            && (ptr as usize as u64) & (info.align - 1) != 0
+        {
+            // `m` unmaps on drop.
+            return Err(DaxError::invalid(
+                path,
+                format!(
+                    "kernel returned a mapping at {ptr:p}, not aligned to {}",
+                    info.align
+                ),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Map an ordinary file with a plain `MAP_SHARED` mapping, for testing
+    /// and benchmarking the copy / flush logic on hosts without pmem. The
+    /// flushes and fences are executed as for real pmem in `domain`, but
+    /// durability is only that of the page cache (use `fsync`).
+    pub fn map_plain_for_tests(path: &Path, domain: PersistenceDomain) -> Result<Self, DaxError> {
+        let (file, writable) = probe::open_rw_or_ro(path)?;
+        let m = file.metadata().map_err(|e| DaxError::io(path, "stat", e))?;
+        if m.len() == 0 {
+            return Err(DaxError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        let len = to_usize(path, m.len())?;
+        let ptr = mmap(&file, len, writable, libc::MAP_SHARED)
+            .map_err(|e| DaxError::io(path, "mmap", e))?;
+        Ok(DaxMapping {
+            ptr,
+            len,
+            path: path.to_owned(),
+            mode: Mode::Plain,
+            writable,
+            domain,
+            flush: if domain.needs_flush() {
+                arch::best_flush_instr()
+            } else {
+                FlushInstr::FenceOnly
+            },
+            strategy: WriteStrategy::Auto,
+        })
+    }
+
+    /// Mapped size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len as u64
+    }
+
+    /// Always false (empty files are refused), provided for API hygiene.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The mapped path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether writes are allowed.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// fs-dax, device-dax or `None` for a plain test mapping.
+    pub fn kind(&self) -> Option<DaxKind> {
+        match self.mode {
+            Mode::FsDax => Some(DaxKind::FsDax),
+            Mode::DevDax => Some(DaxKind::DevDax),
+            Mode::Plain => None,
+        }
+    }
+
+    /// The persistence domain the flushes are chosen for.
+    pub fn persistence_domain(&self) -> PersistenceDomain {
+        self.domain
+    }
+
+    /// The cache write-back instruction in use (`FenceOnly` on eADR).
+    pub fn flush_instr(&self) -> FlushInstr {
+        self.flush
+    }
+
+    /// Current write strategy (default [`WriteStrategy::Auto`]).
+    pub fn write_strategy(&self) -> WriteStrategy {
+        self.strategy
+    }
+
+    /// Change the write strategy.
+    pub fn set_write_strategy(&mut self, s: WriteStrategy) {
+        self.strategy = s;
+    }
+
+    /// Bounds check: `offset..offset+len` inside the mapping.
+    fn check(&self, offset: u64, len: usize) -> Result<usize, DaxError> {
+        let oor = || DaxError::OutOfRange {
+            path: self.path.clone(),
+            offset,
+            len: len as u64,
+            size: self.len as u64,
+        };
+        let off = usize::try_from(offset).map_err(|_| oor())?;
+        match off.checked_add(len) {
+            Some(end) if end <= self.len => Ok(off),
+            _ => Err(oor()),
+        }
+    }
+
+    fn check_write(&self, offset: u64, len: usize) -> Result<usize, DaxError> {
+        let off = self.check(offset, len)?;
+        if !self.writable {
+            return Err(DaxError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        Ok(off)
+    }
+
+    /// Copy `buf.len()` bytes at `offset` into `buf`.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DaxError> {
+        let off = self.check(offset, buf.len())?;
+        // SAFETY: `off + buf.len() <= self.len` (checked), so the source lies
+        // inside the live mapping; `buf` is a distinct Rust allocation, so
+        // the ranges do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Store `buf` at `offset` and make it durable (flush + fence, or only a
+    /// fence on eADR) before returning.
+    pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DaxError> {
+        self.write_at_with(offset, buf, self.strategy)
+    }
+
+    /// [`Self::write_at`] with an explicit strategy.
+    pub fn write_at_with(
+        &self,
+        offset: u64,
+        buf: &[u8],
+        strategy: WriteStrategy,
+    ) -> Result<(), DaxError> {
+        let off = self.check_write(offset, buf.len())?;
+        // SAFETY: range checked against the live, writable mapping; `buf`
+        // is a separate allocation (not overlapping).
+        unsafe { self.store(off, Some(buf.as_ptr()), buf.len(), strategy) };
+        Ok(())
+    }
+
+    /// Zero `len` bytes at `offset` durably (discard / write-zeroes).
+    pub fn fill_zero(&self, offset: u64, len: u64) -> Result<(), DaxError> {
+        let l = usize::try_from(len).map_err(|_| DaxError::OutOfRange {
+            path: self.path.clone(),
+            offset,
+            len,
+            size: self.len as u64,
+        })?;
+        let off = self.check_write(offset, l)?;
+        // SAFETY: range checked against the live, writable mapping.
+        unsafe { self.store(off, None, l, self.strategy) };
+        Ok(())
+    }
+
+    /// Make `len` bytes at `offset`, already stored by other means, durable:
+    /// write back their cache lines (unless eADR) and fence.
+    pub fn persist(&self, offset: u64, len: u64) -> Result<(), DaxError> {
+        let l = usize::try_from(len).map_err(|_| DaxError::OutOfRange {
+            path: self.path.clone(),
+            offset,
+            len,
+            size: self.len as u64,
+        })?;
+        let off = self.check(offset, l)?;
+        // SAFETY: range checked against the live mapping.
+        unsafe { arch::flush_range(self.ptr.add(off), l, self.flush) };
+        arch::store_fence();
+        Ok(())
+    }
+
+    /// Store fence: order (and, after flushes, complete) all earlier stores.
+    pub fn fence(&self) {
+        arch::store_fence();
+    }
+
+    /// Cached copy (or zero fill) plus write-back of the covered lines.
+    ///
+    /// # Safety
+    /// `[ptr+off, ptr+off+len)` is inside the mapping; `src`, if given, is
+    /// readable for `len` bytes and does not overlap it.
+    unsafe fn store_cached(&self, off: usize, src: Option<*const u8>, len: usize) {
+        if len == 0 {
+            return;
+        }
+        // SAFETY: per this function's contract.
+        unsafe {
+            let dst = self.ptr.add(off);
+            match src {
+                Some(s) => std::ptr::copy_nonoverlapping(s, dst, len),
+                None => std::ptr::write_bytes(dst, 0, len),
+            }
+            arch::flush_range(dst, len, self.flush);
+        }
+    }
+
+    /// # Safety
+    /// As [`Self::store_cached`].
+    unsafe fn store(
+        &self,
+        off: usize,
+        src: Option<*const u8>,
+        len: usize,
+        strategy: WriteStrategy,
+    ) {
+        let nt = match strategy {
+            WriteStrategy::Cached => false,
+            WriteStrategy::NonTemporal => true,
+            WriteStrategy::Auto => {
+                len >= if self.flush == FlushInstr::FenceOnly {
+                    NT_THRESHOLD_EADR
+                } else {
+                    NT_THRESHOLD_FLUSH
+                }
+            }
+        };
+        #[cfg(target_arch = "x86_64")]
+        if nt {
+            let dst = self.ptr as usize + off;
+            let head = ((dst + 63) & !63) - dst;
+            if len >= head + 64 {
+                let body = (len - head) & !63;
+                let tail = len - head - body;
+                // SAFETY: head, body and tail partition the caller's range;
+                // the body starts 64-byte aligned and is a multiple of 64.
+                unsafe {
+                    self.store_cached(off, src, head);
+                    arch::nt_copy_lines(self.ptr.add(off + head), src.map(|s| s.add(head)), body);
+                    self.store_cached(off + head + body, src.map(|s| s.add(head + body)), tail);
+                }
+                arch::store_fence();
+                return;
+            }
+        }
+        let _ = nt;
+        // SAFETY: per this function's contract.
+        unsafe { self.store_cached(off, src, len) };
+        arch::store_fence();
+    }
+}
+
+impl Drop for DaxMapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe the mapping created in the
+        // constructor, and no reference into it outlives `self`.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SIZE: usize = 64 * 1024 + 37;
+
+    fn plain(domain: PersistenceDomain) -> (tempfile::TempDir, DaxMapping) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("img");
+        std::fs::write(&p, vec![0xAAu8; SIZE]).unwrap();
+        let m = DaxMapping::map_plain_for_tests(&p, domain).unwrap();
+        (d, m)
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn round_trips_unaligned() {
+        for domain in [
+            PersistenceDomain::MemoryController,
+            PersistenceDomain::CpuCache,
+        ] {
+            for strat in [
+                WriteStrategy::Auto,
+                WriteStrategy::Cached,
+                WriteStrategy::NonTemporal,
+            ] {
+                let (_d, m) = plain(domain);
+                let mut shadow = vec![0xAAu8; SIZE];
+                let cases: &[(usize, usize)] = &[
+                    (0, 0),
+                    (1, 1),
+                    (3, 61),
+                    (60, 8),
+                    (63, 130),
+                    (64, 64),
+                    (100, 5000),
+                    (777, 20000),
+                    (SIZE - 1, 1),
+                    (SIZE - 300, 300),
+                    (SIZE, 0),
+                ];
+                for (i, &(off, len)) in cases.iter().enumerate() {
+                    let data = pattern(len, i as u8);
+                    m.write_at_with(off as u64, &data, strat).unwrap();
+                    shadow[off..off + len].copy_from_slice(&data);
+                    let mut back = vec![0u8; len];
+                    m.read_at(off as u64, &mut back).unwrap();
+                    assert_eq!(back, data, "{strat:?} {off}+{len}");
+                    m.persist(off as u64, len as u64).unwrap();
+                }
+                m.fill_zero(5, 70).unwrap();
+                shadow[5..75].fill(0);
+                m.fill_zero(1000, 40_000).unwrap();
+                shadow[1000..41_000].fill(0);
+                m.fill_zero(SIZE as u64, 0).unwrap();
+                m.fence();
+                let mut all = vec![0u8; SIZE];
+                m.read_at(0, &mut all).unwrap();
+                assert!(all == shadow, "{strat:?} {domain:?}: whole image differs");
+            }
+        }
+    }
+
+    #[test]
+    fn writes_reach_the_file() {
+        let (d, m) = plain(PersistenceDomain::MemoryController);
+        m.write_at(10, b"hello").unwrap();
+        drop(m);
+        let f = std::fs::read(d.path().join("img")).unwrap();
+        assert_eq!(&f[10..15], b"hello");
+        assert_eq!(f[9], 0xAA);
+        assert_eq!(f[15], 0xAA);
+    }
+
+    #[test]
+    fn out_of_range_is_error() {
+        let (_d, m) = plain(PersistenceDomain::Unknown);
+        let mut b = [0u8; 2];
+        let size = SIZE as u64;
+        for (off, len) in [
+            (size - 1, 2usize),
+            (size + 1, 0),
+            (u64::MAX, 1),
+            (u64::MAX - 1, 2),
+        ] {
+            let e = m.read_at(off, &mut b[..len]).unwrap_err();
+            assert!(matches!(e, DaxError::OutOfRange { .. }), "{e}");
+            assert!(e.to_string().contains("img"));
+            assert!(matches!(
+                m.write_at(off, &b[..len]),
+                Err(DaxError::OutOfRange { .. })
+            ));
+        }
+        assert!(matches!(
+            m.fill_zero(1, size),
+            Err(DaxError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            m.fill_zero(0, u64::MAX),
+            Err(DaxError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            m.persist(size, 1),
+            Err(DaxError::OutOfRange { .. })
+        ));
+        m.persist(0, size).unwrap();
+        m.persist(size, 0).unwrap();
+    }
+
+    #[test]
+    fn empty_and_readonly() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("e");
+        std::fs::write(&p, b"").unwrap();
+        assert!(matches!(
+            DaxMapping::map_plain_for_tests(&p, PersistenceDomain::Unknown),
+            Err(DaxError::Empty { .. })
+        ));
+        assert!(matches!(
+            DaxMapping::map_plain_for_tests(&d.path().join("missing"), PersistenceDomain::Unknown),
+            Err(DaxError::Io { op: "open", .. })
+        ));
+        // DaxMapping::open on a non-DAX file: Unsupported, as an error.
+        std::fs::write(&p, b"data").unwrap();
+        assert!(matches!(
+            DaxMapping::open(&p),
+            Err(DaxError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn flush_choice_follows_domain() {
+        let (_d, m) = plain(PersistenceDomain::CpuCache);
+        assert_eq!(m.flush_instr(), FlushInstr::FenceOnly);
+        let (_d2, m2) = plain(PersistenceDomain::MemoryController);
+        #[cfg(target_arch = "x86_64")]
+        assert_ne!(m2.flush_instr(), FlushInstr::FenceOnly);
+        assert_eq!(m2.kind(), None);
+        assert_eq!(m2.len(), SIZE as u64);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn nt_and_cached_identical(
+            ops in proptest::collection::vec((0usize..SIZE, 0usize..30_000, any::<u8>(), any::<bool>()), 1..12)
+        ) {
+            let (_d1, mut a) = plain(PersistenceDomain::MemoryController);
+            let (_d2, mut b) = plain(PersistenceDomain::MemoryController);
+            a.set_write_strategy(WriteStrategy::Cached);
+            b.set_write_strategy(WriteStrategy::NonTemporal);
+            for (off, len, seed, zero) in ops {
+                let len = len.min(SIZE - off);
+                if zero {
+                    a.fill_zero(off as u64, len as u64).unwrap();
+                    b.fill_zero(off as u64, len as u64).unwrap();
+                } else {
+                    let data = pattern(len, seed);
+                    a.write_at(off as u64, &data).unwrap();
+                    b.write_at(off as u64, &data).unwrap();
+                }
+            }
+            let mut x = vec![0u8; SIZE];
+            let mut y = vec![0u8; SIZE];
+            a.read_at(0, &mut x).unwrap();
+            b.read_at(0, &mut y).unwrap();
+            prop_assert!(x == y);
+        }
+    }
+}
