@@ -8,3 +8,6 @@
 //! probing is `rdm-dax`'s; this crate only wires them to real I/O.
 
 pub mod backing;
+pub mod engine;
+pub mod ring;
+pub mod stats;

@@ -1,0 +1,127 @@
+//! The one thing the I/O core needs from an io_uring: submit an SQE and
+//! await its result. In the daemon that is the queue's own ring (shared with
+//! the ublk commands, through libublk); in host tests and benchmarks it is a
+//! plain ring driven by [`HostRing::block_on`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use io_uring::{squeue, IoUring};
+
+pub trait Ring {
+    /// Queues one SQE; the future resolves to its CQE's `res`.
+    fn submit(&self, sqe: squeue::Entry) -> impl Future<Output = i32>;
+}
+
+impl Ring for libublk::io::UblkQueue<'_> {
+    fn submit(&self, sqe: squeue::Entry) -> impl Future<Output = i32> {
+        // libublk tags it as target I/O and owns user_data.
+        self.ublk_submit_sqe(sqe)
+    }
+}
+
+/// Polls all futures concurrently and returns their outputs in order: every
+/// piece of a request is in flight at once, none waits for another.
+pub async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *o = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("all ready")).collect()
+}
+
+/// A self-contained ring for host tests and benchmarks: no ublk involved.
+pub struct HostRing {
+    ring: RefCell<IoUring>,
+    next: Cell<u64>,
+    done: RefCell<HashMap<u64, i32>>,
+}
+
+impl HostRing {
+    pub fn new(entries: u32) -> io::Result<Rc<Self>> {
+        Ok(Rc::new(HostRing {
+            ring: RefCell::new(IoUring::new(entries)?),
+            next: Cell::new(1),
+            done: RefCell::new(HashMap::new()),
+        }))
+    }
+
+    /// Registers files as fixed files 0..n, the way the daemon's queue
+    /// rings see the backing files.
+    pub fn register_files(&self, fds: &[RawFd]) -> io::Result<()> {
+        self.ring.borrow().submitter().register_files(fds)
+    }
+
+    /// Registers buffers as fixed buffers 0..n.
+    ///
+    /// # Safety
+    /// The buffers must stay valid and unmoved while the ring uses them.
+    pub unsafe fn register_buffers(&self, bufs: &[libc::iovec]) -> io::Result<()> {
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { self.ring.borrow().submitter().register_buffers(bufs) }
+    }
+
+    /// Runs a future to completion, waiting on the ring whenever it stalls.
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        struct Noop;
+        impl Wake for Noop {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let waker = Waker::from(std::sync::Arc::new(Noop));
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return v;
+            }
+            let mut ring = self.ring.borrow_mut();
+            ring.submit_and_wait(1).expect("io_uring_enter");
+            let mut done = self.done.borrow_mut();
+            for cqe in ring.completion() {
+                done.insert(cqe.user_data(), cqe.result());
+            }
+        }
+    }
+}
+
+impl Ring for Rc<HostRing> {
+    fn submit(&self, sqe: squeue::Entry) -> impl Future<Output = i32> {
+        let id = self.next.get();
+        self.next.set(id + 1);
+        let sqe = sqe.user_data(id);
+        {
+            let mut ring = self.ring.borrow_mut();
+            // SAFETY: the SQE's buffers belong to the caller's request, which
+            // stays alive until this future resolves.
+            while unsafe { ring.submission().push(&sqe) }.is_err() {
+                ring.submit().expect("io_uring_enter");
+            }
+        }
+        let me = self.clone();
+        std::future::poll_fn(move |_| match me.done.borrow_mut().remove(&id) {
+            Some(res) => Poll::Ready(res),
+            None => Poll::Pending,
+        })
+    }
+}
