@@ -1,1 +1,171 @@
-fn main() {}
+//! Developer tasks for rdm: `cargo xtask vm`, `cargo xtask test`,
+//! `cargo xtask ensure-deps`, `cargo xtask fetch-kernels`.
+
+mod deps;
+mod kernel;
+mod test;
+mod util;
+mod vm;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use kernel::Flavor;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "rdm developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot a guest (qemu TCG), run CMD in the current directory with the
+    /// host's binaries, exit with CMD's status.
+    Vm {
+        #[arg(long, value_enum, default_value = "6.12")]
+        kernel: Flavor,
+        /// Add an emulated NVDIMM backed by a fresh image of SIZE (e.g. 512M);
+        /// images stay in target/vm/pmem/pmemN.img. Repeatable.
+        #[arg(long, value_name = "SIZE", value_parser = util::parse_size)]
+        pmem: Vec<u64>,
+        /// Add an NVDIMM backed by an existing image (reused as-is, after
+        /// any --pmem ones). Repeatable.
+        #[arg(long, value_name = "PATH")]
+        pmem_image: Vec<PathBuf>,
+        /// One vCPU with instruction-counted time (deterministic benchmarks).
+        #[arg(long)]
+        icount: bool,
+        /// Kill the guest after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 1200)]
+        timeout: u64,
+        /// Extra environment for CMD (NAME=VALUE, or NAME to copy it from
+        /// here). PATH, HOME, TERM, USER, RUST_BACKTRACE, RUST_LOG and RDM_*
+        /// are always passed.
+        #[arg(long, value_name = "NAME[=VALUE]")]
+        env: Vec<String>,
+        #[arg(required = true, last = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Host tests, then the rdm-tests integration tests in guests.
+    Test {
+        #[arg(long, value_enum, default_value = "all")]
+        kernel: KernelSel,
+        #[arg(long, conflicts_with = "guest_only")]
+        host_only: bool,
+        #[arg(long)]
+        guest_only: bool,
+        /// Per-guest timeout.
+        #[arg(long, value_name = "SECS", default_value_t = 1200)]
+        timeout: u64,
+        /// Test name filter, passed to the test binaries.
+        filter: Option<String>,
+    },
+    /// Install the host packages the rig needs.
+    EnsureDeps,
+    /// Fetch the guest kernels (done on first use anyway).
+    FetchKernels {
+        #[arg(long, value_enum, default_value = "all")]
+        kernel: KernelSel,
+        /// Look for newer packages even if a kernel is cached.
+        #[arg(long)]
+        refresh: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KernelSel {
+    #[value(name = "6.12")]
+    V6_12,
+    Latest,
+    All,
+}
+
+impl KernelSel {
+    fn flavors(self) -> Vec<Flavor> {
+        match self {
+            KernelSel::V6_12 => vec![Flavor::V6_12],
+            KernelSel::Latest => vec![Flavor::Latest],
+            KernelSel::All => vec![Flavor::V6_12, Flavor::Latest],
+        }
+    }
+}
+
+fn main() {
+    match real_main() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn real_main() -> Result<i32> {
+    match Cli::parse().cmd {
+        Cmd::Vm {
+            kernel,
+            pmem,
+            pmem_image,
+            icount,
+            timeout,
+            env,
+            cmd,
+        } => {
+            deps::ensure_host_packages()?;
+            let mut pm: Vec<vm::Pmem> = pmem.into_iter().map(vm::Pmem::Fresh).collect();
+            pm.extend(pmem_image.into_iter().map(vm::Pmem::Image));
+            let cfg = vm::VmConfig {
+                kernel: kernel::ensure(kernel, false)?,
+                pmem: pm,
+                icount,
+                timeout: Duration::from_secs(timeout),
+                env: env.iter().map(|e| parse_env(e)).collect::<Result<_>>()?,
+                cwd: std::env::current_dir().context("cannot get the current directory")?,
+                argv: cmd,
+                stdin_null: false,
+            };
+            vm::run_in_vm(&cfg)
+        }
+        Cmd::Test {
+            kernel,
+            host_only,
+            guest_only,
+            timeout,
+            filter,
+        } => {
+            deps::ensure_host_packages()?;
+            test::run_tests(&test::TestOpts {
+                kernels: kernel.flavors(),
+                host: !guest_only,
+                guest: !host_only,
+                timeout: Duration::from_secs(timeout),
+                filter,
+            })?;
+            Ok(0)
+        }
+        Cmd::EnsureDeps => {
+            deps::ensure_host_packages()?;
+            Ok(0)
+        }
+        Cmd::FetchKernels { kernel, refresh } => {
+            deps::ensure_host_packages()?;
+            for f in kernel.flavors() {
+                let k = kernel::ensure(f, refresh)?;
+                println!("{}: {} ({})", f.name(), k.kver, k.vmlinuz.display());
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// `NAME=VALUE`, or `NAME` to copy the variable from our environment.
+fn parse_env(s: &str) -> Result<(String, String)> {
+    match s.split_once('=') {
+        Some(("", _)) => bail!("bad --env {s:?}: empty name"),
+        Some((k, v)) => Ok((k.to_string(), v.to_string())),
+        None => Ok((s.to_string(), std::env::var(s).unwrap_or_default())),
+    }
+}

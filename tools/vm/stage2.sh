@@ -1,0 +1,49 @@
+#!/bin/bash
+# Stage 2 of the rdm VM rig: PID 1 on the host's (read-only) root.
+# Loads the kernel modules rdm needs, runs the requested command in the
+# caller's working directory with the caller's chosen environment, writes
+# its exit status to the control dir and powers off.
+#
+# PID 1 must never exit (the kernel would panic), so no `set -e` here.
+
+CTL=$1
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# shellcheck source=/dev/null
+. "$CTL/stage1.env"
+
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+ln -sf /proc/self/fd /dev/fd
+# The host reads the serial console as plain bytes: no CR before each LF.
+stty -onlcr </dev/console 2>/dev/null
+/bin/busybox ip link set lo up 2>/dev/null
+
+# -C: ignore the host's /etc/modprobe.d (ndctl ships a hook there that
+# breaks loading nfit/nd_pmem from an alternate root).
+mkdir -p /run/rdm-empty-modprobe.d
+if ! modprobe -C /run/rdm-empty-modprobe.d -d "$RDM_KROOT" -S "$(uname -r)" \
+	-a ublk_drv loop dm-mod nfit nd_pmem dax_pmem device_dax ext4 xfs; then
+	echo "rdm-vm stage2: warning: some kernel modules failed to load" >&2
+fi
+
+# The command's argv and environment are NUL-separated files, so any
+# byte except NUL survives the trip.
+mapfile -d '' ARGS <"$CTL/args"
+mapfile -d '' ENVS <"$CTL/env"
+CWD=$(cat "$CTL/cwd")
+
+(
+	cd "$CWD" || exit 127
+	# Only the variables xtask passed through: drop everything else.
+	for v in $(compgen -e); do unset "$v"; done
+	for kv in "${ENVS[@]}"; do export "${kv?}"; done
+	exec "${ARGS[@]}"
+) </dev/console >/dev/console 2>&1
+status=$?
+
+echo "$status" >"$CTL/status.tmp" && mv "$CTL/status.tmp" "$CTL/status"
+sync
+# Keep "reboot: Power down" and the like out of the command's output.
+echo 0 >/proc/sys/kernel/printk
+/bin/busybox poweroff -f

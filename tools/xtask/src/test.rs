@@ -1,0 +1,145 @@
+//! `cargo xtask test`: host tests, then the rdm-tests integration test
+//! binaries inside guests on each kernel (one boot per binary per kernel).
+
+use crate::kernel::{self, Flavor};
+use crate::util::{describe, workspace_root};
+use crate::vm::{run_in_vm, Pmem, VmConfig};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestOpts {
+    pub kernels: Vec<Flavor>,
+    pub host: bool,
+    pub guest: bool,
+    pub timeout: Duration,
+    pub filter: Option<String>,
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+pub fn run_tests(opts: &TestOpts) -> Result<()> {
+    let mut results: Vec<(String, Result<()>)> = Vec::new();
+    if opts.host {
+        let mut c = cargo();
+        c.args(["test", "--workspace"]);
+        if let Some(f) = &opts.filter {
+            c.args(["--", f]);
+        }
+        results.push(("host: cargo test --workspace".into(), status_ok(&mut c)));
+    }
+    if opts.guest {
+        let exes = build_test_binaries()?;
+        let tests_dir = workspace_root().join("tests");
+        let rdm_bin = workspace_root().join("target/debug/rdm");
+        for &flavor in &opts.kernels {
+            let k = kernel::ensure(flavor, false)?;
+            for (name, exe) in &exes {
+                let label = format!("guest {} ({kver}): {name}", flavor.name(), kver = k.kver);
+                eprintln!("\n=== {label}");
+                let mut argv = vec![exe.display().to_string(), "--test-threads=1".into()];
+                argv.extend(opts.filter.clone());
+                let cfg = VmConfig {
+                    kernel: k.clone(),
+                    // Two NVDIMMs: enough for fsdax and devdax at once.
+                    pmem: vec![Pmem::Fresh(512 << 20), Pmem::Fresh(512 << 20)],
+                    icount: false,
+                    timeout: opts.timeout,
+                    env: vec![
+                        // Under xtask a skipped ublk test is a failure.
+                        ("RDM_REQUIRE_UBLK".into(), "1".into()),
+                        ("RDM_BIN".into(), rdm_bin.display().to_string()),
+                        ("RUST_BACKTRACE".into(), "1".into()),
+                    ],
+                    // cargo runs integration tests from the package dir.
+                    cwd: tests_dir.clone(),
+                    argv,
+                    stdin_null: true,
+                };
+                let start = Instant::now();
+                let r = match run_in_vm(&cfg) {
+                    Ok(0) => Ok(()),
+                    Ok(code) => Err(anyhow::anyhow!("exit status {code}")),
+                    Err(e) => Err(e),
+                };
+                let label = format!("{label} [{:.0} s]", start.elapsed().as_secs_f64());
+                results.push((label, r));
+            }
+        }
+    }
+    eprintln!("\n=== summary");
+    let mut failed = 0;
+    for (label, r) in &results {
+        match r {
+            Ok(()) => eprintln!("ok      {label}"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("FAILED  {label}: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} test runs failed", results.len());
+    }
+    Ok(())
+}
+
+fn status_ok(c: &mut Command) -> Result<()> {
+    let status = c
+        .status()
+        .with_context(|| format!("cannot start `{}`", describe(c)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", describe(c));
+    }
+    Ok(())
+}
+
+/// Builds the workspace binaries (the guest runs target/debug/rdm) and the
+/// rdm-tests integration test binaries; returns (test name, executable).
+fn build_test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    status_ok(cargo().args(["build", "--workspace", "--bins"]))?;
+    let mut c = cargo();
+    c.args([
+        "test",
+        "-p",
+        "rdm-tests",
+        "--tests",
+        "--no-run",
+        "--message-format=json",
+    ])
+    .stdout(Stdio::piped());
+    let out = c
+        .output()
+        .with_context(|| format!("cannot start `{}`", describe(&c)))?;
+    if !out.status.success() {
+        bail!("`{}` failed ({})", describe(&c), out.status);
+    }
+    let mut exes = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+            continue;
+        }
+        // Only tests/tests/*.rs, not the library's own unit tests.
+        if msg["target"]["kind"][0] != "test" {
+            continue;
+        }
+        if let (Some(name), Some(exe)) =
+            (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        {
+            exes.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    if exes.is_empty() {
+        bail!("`{}` built no integration test binaries", describe(&c));
+    }
+    exes.sort();
+    Ok(exes)
+}
