@@ -129,3 +129,34 @@ pub fn open(path: &Path, writable: bool) -> Result<(File, bool), BackingError> {
         Err(e) => Err(io_err(e)),
     }
 }
+
+/// Whether discards can be passed down: a block device that advertises
+/// discard, or a file system that can punch holes. Files are probed by
+/// punching beyond their end (KEEP_SIZE), which touches no data.
+pub fn supports_discard(f: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(meta) = f.metadata() else { return false };
+    if meta.file_type().is_block_device() {
+        let rdev = meta.rdev();
+        let path = format!(
+            "/sys/dev/block/{}:{}/queue/discard_max_bytes",
+            libc::major(rdev),
+            libc::minor(rdev)
+        );
+        return std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0);
+    }
+    let beyond = (meta.len() + 8191) & !4095;
+    // SAFETY: fallocate on an open fd with a range past EOF and KEEP_SIZE.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            beyond as libc::off_t,
+            4096,
+        )
+    };
+    r == 0
+}

@@ -8,6 +8,9 @@
 //! probing is `rdm-dax`'s; this crate only wires them to real I/O.
 
 pub mod backing;
+pub mod control;
 pub mod engine;
+pub mod features;
 pub mod ring;
+pub mod server;
 pub mod stats;

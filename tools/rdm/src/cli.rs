@@ -26,6 +26,32 @@ pub enum Command {
     /// Create a device from a table (or check the table with --dry-run).
     #[command(after_help = CREATE_EXAMPLES)]
     Create(CreateArgs),
+    /// Remove a device: drain in-flight I/O, flush the backing files, delete it.
+    Remove {
+        name: String,
+        /// Also clean up a device whose server died, and kill a server that
+        /// does not stop.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List devices (a device whose server died shows as dead).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a device's table.
+    Table { name: String },
+    /// Show a device's mode, queues and per-segment/per-device counters.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the kernel's ublk features and the data path rdm would use.
+    Features {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 const CREATE_EXAMPLES: &str = "\
@@ -84,6 +110,27 @@ pub enum ZeroCopy {
     Auto,
     On,
     Off,
+}
+
+impl ZeroCopy {
+    pub fn name(self) -> &'static str {
+        match self {
+            ZeroCopy::Auto => "auto",
+            ZeroCopy::On => "on",
+            ZeroCopy::Off => "off",
+        }
+    }
+}
+
+impl From<ZeroCopy> for rdm_ublk_server::features::ZeroCopy {
+    fn from(z: ZeroCopy) -> Self {
+        use rdm_ublk_server::features::ZeroCopy as Z;
+        match z {
+            ZeroCopy::Auto => Z::Auto,
+            ZeroCopy::On => Z::On,
+            ZeroCopy::Off => Z::Off,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

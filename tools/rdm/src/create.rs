@@ -68,13 +68,18 @@ struct DeviceReport<'a> {
 
 pub fn run(args: CreateArgs) -> Result<(), CliError> {
     let (table, devices) = load(&args)?;
-    if !args.dry_run {
-        return Err(CliError::usage(format!(
-            "{}: the table is valid, but this build of rdm cannot serve devices yet \
-             (the ublk server is not built); use --dry-run to check tables",
-            args.name
-        )));
+    if args.dry_run {
+        print_dry_run(&args, &table, &devices);
+        return Ok(());
     }
+    if args.foreground {
+        crate::serve::foreground(&args, table)
+    } else {
+        crate::serve::detached(&args, &table)
+    }
+}
+
+fn print_dry_run(args: &CreateArgs, table: &Table, devices: &[BackingInfo]) {
     if args.json {
         let report = DryRun {
             name: &args.name,
@@ -100,5 +105,4 @@ pub fn run(args: CreateArgs) -> Result<(), CliError> {
     } else {
         print!("{table}");
     }
-    Ok(())
 }

@@ -7,13 +7,21 @@
 mod cli;
 mod create;
 mod error;
+mod manage;
+mod serve;
 
 use clap::Parser;
+use cli::Command;
 
 fn main() {
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Create(args) => create::run(args),
+        Command::Create(args) => create::run(args),
+        Command::Remove { name, force } => manage::remove(&name, force),
+        Command::Ls { json } => manage::ls(json),
+        Command::Table { name } => manage::table(&name),
+        Command::Status { name, json } => manage::status(&name, json),
+        Command::Features { json } => manage::features(json),
     };
     if let Err(e) = result {
         e.report();

@@ -221,3 +221,53 @@ fn usage_errors_exit_2_and_help_has_examples() {
     let o = rdm(&["--help"]);
     assert!(stdout(&o).contains("Exit codes"));
 }
+
+/// On a kernel without ublk (this host), create fails with one clear
+/// sentence and leaves no state behind; the other verbs answer sensibly.
+#[test]
+fn without_ublk_create_fails_cleanly() {
+    if std::path::Path::new("/dev/ublk-control").exists() {
+        return; // covered by the guest tests
+    }
+    let f = Files::new(&[("a", 16)]);
+    let run_dir = f.dir.path().join("run");
+    let rdm_env = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rdm"))
+            .args(args)
+            .env("RDM_RUN_DIR", &run_dir)
+            .output()
+            .unwrap()
+    };
+    let table = format!("0 16 linear {} 0", f.p("a"));
+    for fg in [false, true] {
+        let mut args = vec!["create", "t", "--table", &table];
+        if fg {
+            args.push("--foreground");
+        }
+        let o = rdm_env(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("t: this kernel has no ublk"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(o.stdout.is_empty());
+        let left: Vec<_> = fs::read_dir(&run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "state left behind: {left:?}");
+    }
+    let o = rdm_env(&["ls", "--json"]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o).trim(), "[]");
+    let o = rdm_env(&["remove", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no device named nope"));
+    assert_eq!(rdm_env(&["features"]).status.code(), Some(2));
+    let o = rdm_env(&["create", "../x", "--table", &table]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("invalid device name"), "{}", stderr(&o));
+}

@@ -1,0 +1,247 @@
+//! Verbs on existing devices: remove, ls, table, status, features.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rdm_ublk_server::control::{self, ControlError, DeviceState, Liveness};
+use rdm_ublk_server::features;
+use serde::Serialize;
+
+use crate::error::CliError;
+
+/// How long a server gets to drain, flush and delete its device.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn failed(e: ControlError) -> CliError {
+    CliError::failed(e.to_string())
+}
+
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while !done() {
+        if t0.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+pub fn remove(name: &str, force: bool) -> Result<(), CliError> {
+    let st = control::read_state(name).map_err(failed)?;
+    let mut dead = st.liveness() == Liveness::Dead;
+    if !dead {
+        let asked = control::request(name, "remove");
+        let stopped = asked.is_ok() && wait_until(STOP_TIMEOUT, || !control::pid_alive(st.pid));
+        if !stopped {
+            if !force {
+                return Err(CliError::failed(match asked {
+                    Err(e) => format!("{e}; use --force to kill it and delete the device"),
+                    Ok(_) => format!(
+                        "{name}: the server (pid {}) did not stop within {} s; use --force",
+                        st.pid,
+                        STOP_TIMEOUT.as_secs()
+                    ),
+                }));
+            }
+            // SAFETY: plain kill(2) of the recorded server pid.
+            unsafe { libc::kill(st.pid as libc::pid_t, libc::SIGKILL) };
+            wait_until(Duration::from_secs(5), || !control::pid_alive(st.pid));
+            dead = true;
+        }
+    }
+    if dead {
+        if !force {
+            return Err(CliError::failed(format!(
+                "{name}: its server (pid {}) is dead; use `rdm remove --force {name}` to delete the device",
+                st.pid
+            )));
+        }
+        if let Some(id) = st.dev_id {
+            delete_ublk_device(name, id)?;
+        }
+        control::remove_state(name);
+    }
+    if let Some(bdev) = &st.bdev {
+        if !wait_until(Duration::from_secs(10), || !Path::new(bdev).exists()) {
+            return Err(CliError::failed(format!(
+                "{name}: {bdev} still exists after removal"
+            )));
+        }
+    }
+    let _ = std::fs::remove_file(control::log_path(name));
+    Ok(())
+}
+
+/// Deletes a ublk device whose server is gone (STOP_DEV, then DEL_DEV);
+/// a device the kernel no longer has is fine.
+fn delete_ublk_device(name: &str, id: u32) -> Result<(), CliError> {
+    use libublk::ctrl::UblkCtrl;
+    let cdev = format!("/dev/ublkc{id}");
+    if !Path::new(&cdev).exists() {
+        return Ok(());
+    }
+    let ctrl = UblkCtrl::new_simple(id as i32)
+        .map_err(|e| CliError::failed(format!("{name}: cannot open ublk device {id}: {e:?}")))?;
+    let _ = ctrl.kill_dev();
+    ctrl.del_dev().map_err(|e| {
+        CliError::failed(format!("{name}: deleting ublk device {id} failed: {e:?}"))
+    })?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct LsRow<'a> {
+    name: &'a str,
+    state: Liveness,
+    bdev: Option<&'a str>,
+    dev_id: Option<u32>,
+    pid: u32,
+    size_bytes: u64,
+    mode: Option<&'static str>,
+}
+
+pub fn ls(json: bool) -> Result<(), CliError> {
+    let devices = control::list().map_err(failed)?;
+    let rows: Vec<LsRow> = devices.iter().map(row).collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("plain data")
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<9} {:<14} {:>12} MODE",
+        "NAME", "STATE", "DEVICE", "SIZE"
+    );
+    for r in rows {
+        println!(
+            "{:<20} {:<9} {:<14} {:>12} {}",
+            r.name,
+            format!("{:?}", r.state).to_lowercase(),
+            r.bdev.unwrap_or("-"),
+            human(r.size_bytes),
+            r.mode.unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+fn row(s: &DeviceState) -> LsRow<'_> {
+    LsRow {
+        name: &s.name,
+        state: s.liveness(),
+        bdev: s.bdev.as_deref(),
+        dev_id: s.dev_id,
+        pid: s.pid,
+        size_bytes: s.size_bytes,
+        mode: s.mode.map(|m| m.name()),
+    }
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", units[u])
+    }
+}
+
+pub fn table(name: &str) -> Result<(), CliError> {
+    let st = control::read_state(name).map_err(failed)?;
+    print!("{}", st.table);
+    Ok(())
+}
+
+pub fn status(name: &str, json: bool) -> Result<(), CliError> {
+    let st = control::read_state(name).map_err(failed)?;
+    if st.liveness() == Liveness::Dead {
+        return Err(CliError::failed(format!(
+            "{name}: its server (pid {}) is dead; `rdm remove --force {name}` deletes the device",
+            st.pid
+        )));
+    }
+    let v = control::request(name, "status").map_err(failed)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(());
+    }
+    println!(
+        "{}: {} {}, mode {}, {} queue(s) × depth {}, block size {}",
+        name,
+        v["bdev"].as_str().unwrap_or("-"),
+        human(v["size_bytes"].as_u64().unwrap_or(0)),
+        v["mode"].as_str().unwrap_or("-"),
+        v["queues"],
+        v["depth"],
+        v["block_size"]
+    );
+    let stats = |s: &serde_json::Value| {
+        format!(
+            "reads {} ({}) writes {} ({}) flushes {} discards {} write-zeroes {} errors {}",
+            s["reads"],
+            human(s["read_bytes"].as_u64().unwrap_or(0)),
+            s["writes"],
+            human(s["write_bytes"].as_u64().unwrap_or(0)),
+            s["flushes"],
+            s["discards"],
+            s["write_zeroes"],
+            s["errors"]
+        )
+    };
+    for s in v["segments"].as_array().into_iter().flatten() {
+        println!(
+            "  segment {} {}+{} {}: {}",
+            s["line"],
+            s["start"],
+            s["len"],
+            s["target"].as_str().unwrap_or("?"),
+            stats(&s["stats"])
+        );
+    }
+    for d in v["devices"].as_array().into_iter().flatten() {
+        println!(
+            "  device {} [{}{}]: {}",
+            d["path"].as_str().unwrap_or("?"),
+            d["health"].as_str().unwrap_or("?"),
+            if d["direct"].as_bool() == Some(true) {
+                ", O_DIRECT"
+            } else {
+                ", buffered"
+            },
+            stats(&d["stats"])
+        );
+    }
+    Ok(())
+}
+
+pub fn features(json: bool) -> Result<(), CliError> {
+    let bits = libublk::ctrl::UblkCtrl::get_features().ok_or_else(|| {
+        CliError::usage(
+            "this kernel has no ublk (/dev/ublk-control is missing or GET_FEATURES failed); \
+             load the ublk_drv module",
+        )
+    })?;
+    let names = features::decode(bits);
+    let mode = features::choose_mode(features::ZeroCopy::Auto, bits).expect("auto always chooses");
+    if json {
+        let v = serde_json::json!({
+            "features": format!("{bits:#x}"),
+            "names": names,
+            "mode": mode.name(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        println!("ublk features {bits:#x}: {}", names.join(" "));
+        println!("rdm data path: {}", mode.name());
+    }
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! Per-device state under the run directory (`/run/rdm`): a JSON state file
+//! and a Unix socket the CLI talks to. Both are root-only (0600).
+//!
+//! The state file is claimed with `O_EXCL` before anything is created, so
+//! names are unique; it is removed by [`StateGuard`]'s `Drop` when the
+//! server exits cleanly, and stays behind when it crashes so that `rdm ls`
+//! can show the device as dead and `rdm remove --force` can clean it up.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::features::DataMode;
+
+/// The run directory: `$RDM_RUN_DIR` or `/run/rdm`.
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("RDM_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/rdm"))
+}
+
+pub fn state_path(name: &str) -> PathBuf {
+    run_dir().join(format!("{name}.json"))
+}
+
+pub fn socket_path(name: &str) -> PathBuf {
+    run_dir().join(format!("{name}.sock"))
+}
+
+pub fn log_path(name: &str) -> PathBuf {
+    run_dir().join(format!("{name}.log"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("invalid device name {0:?}: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'")]
+    BadName(String),
+    #[error("device {0} already exists")]
+    Exists(String),
+    #[error("device {0} exists but its server is dead; clean it up with `rdm remove --force {0}`")]
+    ExistsDead(String),
+    #[error("no device named {0}")]
+    NotFound(String),
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
+    #[error("device {name}: its server does not answer on {path}: {cause}")]
+    NoAnswer {
+        name: String,
+        path: PathBuf,
+        cause: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ControlError + '_ {
+    move |cause| ControlError::Io {
+        path: path.to_path_buf(),
+        cause,
+    }
+}
+
+pub fn check_name(name: &str) -> Result<(), ControlError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ControlError::BadName(name.to_string()))
+    }
+}
+
+/// What the state file records about one device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceState {
+    pub name: String,
+    pub pid: u32,
+    /// `starting` until the device is live.
+    pub state: String,
+    pub dev_id: Option<u32>,
+    pub bdev: Option<String>,
+    pub mode: Option<DataMode>,
+    pub queues: u16,
+    pub depth: u16,
+    pub block_size: u32,
+    pub read_only: bool,
+    pub size_bytes: u64,
+    /// The normalized table.
+    pub table: String,
+}
+
+/// Whether a recorded device's server is still there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    Live,
+    Starting,
+    Dead,
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+impl DeviceState {
+    pub fn liveness(&self) -> Liveness {
+        match (pid_alive(self.pid), self.state.as_str()) {
+            (false, _) => Liveness::Dead,
+            (true, "live") => Liveness::Live,
+            (true, _) => Liveness::Starting,
+        }
+    }
+}
+
+/// Owns a device's state file and socket; removes both when dropped by
+/// the process that claimed them.
+#[derive(Debug)]
+pub struct StateGuard {
+    name: String,
+    pid: u32,
+}
+
+impl StateGuard {
+    /// Claims `name`: fails if a device of that name exists, live or dead.
+    pub fn claim(state: &DeviceState) -> Result<StateGuard, ControlError> {
+        check_name(&state.name)?;
+        let dir = run_dir();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
+        let path = state_path(&state.name);
+        let created = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path);
+        match created {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(match read_state(&state.name) {
+                    Ok(s) if s.liveness() == Liveness::Dead => {
+                        ControlError::ExistsDead(state.name.clone())
+                    }
+                    _ => ControlError::Exists(state.name.clone()),
+                });
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        let guard = StateGuard {
+            name: state.name.clone(),
+            pid: std::process::id(),
+        };
+        guard.update(state)?;
+        Ok(guard)
+    }
+
+    /// Rewrites the state file atomically.
+    pub fn update(&self, state: &DeviceState) -> Result<(), ControlError> {
+        let path = state_path(&self.name);
+        let tmp = path.with_extension("json.tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        let text = serde_json::to_string_pretty(state).expect("plain data serializes");
+        f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+}
+
+impl Drop for StateGuard {
+    fn drop(&mut self) {
+        if std::process::id() == self.pid {
+            remove_state(&self.name);
+        }
+    }
+}
+
+/// Removes a device's state file and socket (missing ones are fine).
+pub fn remove_state(name: &str) {
+    let _ = fs::remove_file(socket_path(name));
+    let _ = fs::remove_file(state_path(name));
+}
+
+pub fn read_state(name: &str) -> Result<DeviceState, ControlError> {
+    check_name(name)?;
+    let path = state_path(name);
+    let text = match fs::read_to_string(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ControlError::NotFound(name.to_string()))
+        }
+        r => r.map_err(io_err(&path))?,
+    };
+    serde_json::from_str(&text).map_err(|e| ControlError::Io {
+        path,
+        cause: io::Error::new(io::ErrorKind::InvalidData, e),
+    })
+}
+
+/// Every recorded device, sorted by name.
+pub fn list() -> Result<Vec<DeviceState>, ControlError> {
+    let dir = run_dir();
+    let entries = match fs::read_dir(&dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        r => r.map_err(io_err(&dir))?,
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            if let Some(name) = p.file_stem().and_then(|s| s.to_str()) {
+                if let Ok(s) = read_state(name) {
+                    out.push(s);
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Sends one request line to a device's server and returns its one-line
+/// JSON answer.
+pub fn request(name: &str, line: &str) -> Result<serde_json::Value, ControlError> {
+    let path = socket_path(name);
+    let no_answer = |cause| ControlError::NoAnswer {
+        name: name.to_string(),
+        path: path.clone(),
+        cause,
+    };
+    let mut s = UnixStream::connect(&path).map_err(no_answer)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(no_answer)?;
+    writeln!(s, "{line}").map_err(no_answer)?;
+    let mut answer = String::new();
+    BufReader::new(s)
+        .read_line(&mut answer)
+        .map_err(no_answer)?;
+    serde_json::from_str(&answer)
+        .map_err(|e| no_answer(io::Error::new(io::ErrorKind::InvalidData, e)))
+}
+
+/// Serves the control socket: each connection sends one line, gets one
+/// JSON line back. Runs until the process exits.
+pub fn serve_socket(
+    name: &str,
+    handler: impl Fn(&str) -> serde_json::Value + Send + 'static,
+) -> Result<(), ControlError> {
+    let path = socket_path(name);
+    let _ = fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).map_err(io_err(&path))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io_err(&path))?;
+    std::thread::Builder::new()
+        .name("rdm-control".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut line = String::new();
+                let mut r = BufReader::new(&conn);
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let answer = handler(line.trim());
+                let _ = writeln!(&conn, "{answer}");
+            }
+        })
+        .map_err(io_err(&path))?;
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The kernel's `UBLK_CMD_GET_FEATURES` bits, decoded, and the data-path
+//! mode rdm picks from them.
+
+use serde::Serialize;
+
+/// `UBLK_F_*` bit names, by bit number (include/uapi/linux/ublk_cmd.h).
+pub const FEATURE_NAMES: [&str; 20] = [
+    "SUPPORT_ZERO_COPY",
+    "URING_CMD_COMP_IN_TASK",
+    "NEED_GET_DATA",
+    "USER_RECOVERY",
+    "USER_RECOVERY_REISSUE",
+    "UNPRIVILEGED_DEV",
+    "CMD_IOCTL_ENCODE",
+    "USER_COPY",
+    "ZONED",
+    "USER_RECOVERY_FAIL_IO",
+    "UPDATE_SIZE",
+    "AUTO_BUF_REG",
+    "QUIESCE",
+    "PER_IO_DAEMON",
+    "BUF_REG_OFF_DAEMON",
+    "BATCH_IO",
+    "INTEGRITY",
+    "SAFE_STOP_DEV",
+    "NO_AUTO_PART_SCAN",
+    "SHMEM_ZC",
+];
+
+pub const F_SUPPORT_ZERO_COPY: u64 = 1 << 0;
+pub const F_USER_COPY: u64 = 1 << 7;
+pub const F_AUTO_BUF_REG: u64 = 1 << 11;
+
+/// Names of the set bits; unknown bits as `BIT_n`.
+pub fn decode(bits: u64) -> Vec<String> {
+    (0..64)
+        .filter(|b| bits & (1 << b) != 0)
+        .map(|b| {
+            FEATURE_NAMES
+                .get(b)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| format!("BIT_{b}"))
+        })
+        .collect()
+}
+
+/// How request data reaches the backing files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataMode {
+    /// The kernel registers each request's pages in our ring
+    /// (`UBLK_F_AUTO_BUF_REG`); backing I/O goes straight to them.
+    ZeroCopy,
+    /// The driver copies between the request and our per-tag buffers, which
+    /// are registered io_uring fixed buffers.
+    Copy,
+}
+
+impl DataMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DataMode::ZeroCopy => "zero-copy",
+            DataMode::Copy => "copy",
+        }
+    }
+}
+
+/// What the user asked for with `--zero-copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroCopy {
+    Auto,
+    On,
+    Off,
+}
+
+/// Picks the mode from the kernel's features, or says why `on` cannot be had.
+pub fn choose_mode(want: ZeroCopy, features: u64) -> Result<DataMode, String> {
+    let has = features & F_AUTO_BUF_REG != 0;
+    match (want, has) {
+        (ZeroCopy::Off, _) | (ZeroCopy::Auto, false) => Ok(DataMode::Copy),
+        (ZeroCopy::Auto | ZeroCopy::On, true) => Ok(DataMode::ZeroCopy),
+        (ZeroCopy::On, false) => Err(format!(
+            "--zero-copy on needs UBLK_F_AUTO_BUF_REG (kernel 6.16 or newer); \
+             this kernel offers {:#x} ({})",
+            features,
+            decode(features).join(", ")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_known_kernels() {
+        // Debian 6.12: no zero copy.
+        let k612 = decode(0x1fe);
+        assert_eq!(k612.len(), 8);
+        assert!(k612.contains(&"USER_COPY".to_string()));
+        assert!(!k612.contains(&"AUTO_BUF_REG".to_string()));
+        let k73 = decode(0x1fffff);
+        assert!(k73.contains(&"AUTO_BUF_REG".to_string()));
+        assert_eq!(k73.last().unwrap(), "BIT_20");
+    }
+
+    #[test]
+    fn mode_choice() {
+        assert_eq!(choose_mode(ZeroCopy::Auto, 0x1fe), Ok(DataMode::Copy));
+        assert_eq!(
+            choose_mode(ZeroCopy::Auto, 0x1fffff),
+            Ok(DataMode::ZeroCopy)
+        );
+        assert_eq!(choose_mode(ZeroCopy::Off, 0x1fffff), Ok(DataMode::Copy));
+        let e = choose_mode(ZeroCopy::On, 0x1fe).unwrap_err();
+        assert!(e.contains("AUTO_BUF_REG"), "{e}");
+    }
+}

@@ -1,0 +1,641 @@
+//! One device, served: ADD_DEV → queue threads → LIVE → serve until asked
+//! to stop → drain, fdatasync, DEL_DEV.
+//!
+//! Each queue has one thread and one io_uring (libublk's per-queue ring)
+//! that carries both the ublk commands and the backing I/O of
+//! [`Engine::handle`]. Anything that fails after ADD_DEV unwinds through
+//! `UblkCtrl`'s `Drop`, which deletes the device, and [`StateGuard`]'s,
+//! which removes the state file: nothing is left half-created.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, squeue, types, IoUring};
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::helpers::IoBuf;
+use libublk::io::{BufDesc, UblkDev, UblkQueue};
+use libublk::uring_async::{
+    ublk_reap_io_events_with_update_queue, ublk_submit_sqe_async, ublk_wake_task, uring_poll_io_fn,
+};
+use libublk::{sys, UblkError, UblkFlags, UblkUringData};
+use rdm_targets::Table;
+use serde::Serialize;
+
+use crate::backing::{self, BackingError};
+use crate::control::{self, ControlError, DeviceState, StateGuard};
+use crate::engine::{Backing, Buffer, Engine, Request};
+use crate::features::{self, DataMode, ZeroCopy};
+use crate::stats::Snapshot;
+
+/// Largest request, and the size of each copy-mode buffer.
+const IO_BUF_BYTES: u32 = 512 << 10;
+/// libublk's fixed-file table per queue: slot 0 is /dev/ublkcN.
+const MAX_FDS: usize = 32;
+/// `UBLK_IO_F_NEED_REG_BUF`: auto registration failed, register by hand.
+const IO_F_NEED_REG_BUF: u32 = 1 << 17;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub table: Table,
+    pub queues: u16,
+    pub depth: u16,
+    pub zero_copy: ZeroCopy,
+    pub block_size: u32,
+    pub read_only: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{name}: this kernel has no ublk (/dev/ublk-control is missing or GET_FEATURES failed); load the ublk_drv module")]
+    NoUblk { name: String },
+    #[error("{name}: {msg}")]
+    ZeroCopy { name: String, msg: String },
+    #[error("{name}: {source}")]
+    Backing { name: String, source: BackingError },
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("{name}: too many backing devices ({count}); at most {max}")]
+    TooManyDevices {
+        name: String,
+        count: usize,
+        max: usize,
+    },
+    #[error("{name}: ublk {op} failed: {cause}")]
+    Ublk {
+        name: String,
+        op: &'static str,
+        cause: String,
+    },
+}
+
+/// A device that reached LIVE.
+#[derive(Debug, Clone, Serialize)]
+pub struct Live {
+    pub dev_id: u32,
+    pub bdev: String,
+    pub mode: DataMode,
+}
+
+/// Set when queue threads must give up even with I/O tasks unfinished
+/// (start failed, or a stop that never delivers the abort).
+static FORCE_EXIT: AtomicBool = AtomicBool::new(false);
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Serves `cfg` until SIGINT/SIGTERM or a `remove` request. Calls `on_live`
+/// once the block device exists. Must be called before any other thread is
+/// started, so that the termination signals can be routed to one thread.
+pub fn serve(
+    cfg: Config,
+    on_live: impl FnOnce(&Live) + Send + Sync + 'static,
+) -> Result<(), ServerError> {
+    let sigset = block_term_signals();
+    let name = cfg.name.clone();
+    let mut state = DeviceState {
+        name: name.clone(),
+        pid: std::process::id(),
+        state: "starting".into(),
+        dev_id: None,
+        bdev: None,
+        mode: None,
+        queues: cfg.queues,
+        depth: cfg.depth,
+        block_size: cfg.block_size,
+        read_only: cfg.read_only,
+        size_bytes: cfg.table.total_bytes(),
+        table: cfg.table.to_string(),
+    };
+    let guard = Arc::new(StateGuard::claim(&state)?);
+
+    let features =
+        UblkCtrl::get_features().ok_or_else(|| ServerError::NoUblk { name: name.clone() })?;
+    let mut mode =
+        features::choose_mode(cfg.zero_copy, features).map_err(|msg| ServerError::ZeroCopy {
+            name: name.clone(),
+            msg,
+        })?;
+
+    // Backing files: fixed files 1..=n on every queue ring; /dev/zero after
+    // them fills kernel buffers for zero segments in zero-copy mode.
+    let ndev = cfg.table.devices().len();
+    if ndev + 2 > MAX_FDS {
+        return Err(ServerError::TooManyDevices {
+            name,
+            count: ndev,
+            max: MAX_FDS - 2,
+        });
+    }
+    let backing_err = |source| ServerError::Backing {
+        name: name.clone(),
+        source,
+    };
+    backing::check_table(&cfg.table, !cfg.read_only).map_err(backing_err)?;
+    let mut files: Vec<File> = Vec::new();
+    let mut back = Vec::new();
+    let mut discard = true;
+    for (i, p) in cfg.table.devices().iter().enumerate() {
+        let (f, direct) = backing::open(p, !cfg.read_only).map_err(backing_err)?;
+        discard &= backing::supports_discard(&f);
+        back.push(Backing {
+            fixed: i as u32 + 1,
+            direct,
+        });
+        files.push(f);
+    }
+    let zero = File::open("/dev/zero").map_err(|cause| {
+        backing_err(BackingError::Io {
+            path: "/dev/zero".into(),
+            cause,
+        })
+    })?;
+    let zero_fixed = ndev as u32 + 1;
+
+    let mut ctrl_flags = 0u64;
+    if mode == DataMode::ZeroCopy {
+        ctrl_flags |= features::F_AUTO_BUF_REG | features::F_SUPPORT_ZERO_COPY;
+    }
+    let ublk_err = |op, e: UblkError| ServerError::Ublk {
+        name: name.clone(),
+        op,
+        cause: format!("{e:?}"),
+    };
+    // ADD_DEV. From here the device exists and UblkCtrl's Drop deletes it.
+    let ctrl = Arc::new(
+        UblkCtrlBuilder::default()
+            .name("rdm")
+            .nr_queues(cfg.queues)
+            .depth(cfg.depth)
+            .io_buf_bytes(IO_BUF_BYTES)
+            .ctrl_flags(ctrl_flags)
+            .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+            .build()
+            .map_err(|e| ublk_err("ADD_DEV", e))?,
+    );
+    // Older kernels drop flags they do not know without an error.
+    let granted = ctrl.dev_info().flags;
+    if mode == DataMode::ZeroCopy && granted & features::F_AUTO_BUF_REG == 0 {
+        if cfg.zero_copy == ZeroCopy::On {
+            return Err(ServerError::ZeroCopy {
+                name,
+                msg: format!("the kernel did not grant UBLK_F_AUTO_BUF_REG (granted {granted:#x})"),
+            });
+        }
+        mode = DataMode::Copy;
+    }
+    tracing::info!(
+        dev_id = ctrl.dev_info().dev_id,
+        features = format!("{features:#x}"),
+        granted = format!("{granted:#x}"),
+        mode = mode.name(),
+        "device added"
+    );
+
+    let engine = Arc::new(Engine::new(
+        cfg.table.clone(),
+        back,
+        (mode == DataMode::ZeroCopy).then_some(zero_fixed),
+    ));
+
+    let stopper = Arc::new(Stopper { ctrl: ctrl.clone() });
+    {
+        let stopper = stopper.clone();
+        std::thread::Builder::new()
+            .name("rdm-signals".into())
+            .spawn(move || {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: sigset is a valid, initialised set.
+                unsafe { libc::sigwait(&sigset, &mut sig) };
+                tracing::info!(signal = sig, "stopping on signal");
+                stopper.stop();
+            })
+            .map_err(|e| ublk_err("signal thread", UblkError::IOError(e)))?;
+    }
+
+    let mut fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+    fds.push(zero.as_raw_fd());
+    let table = cfg.table.clone();
+    let block_size = cfg.block_size;
+    let read_only = cfg.read_only;
+    let depth = cfg.depth;
+    let tgt_init = move |dev: &mut UblkDev| -> Result<(), UblkError> {
+        let t = &mut dev.tgt;
+        for fd in &fds {
+            t.fds[t.nr_fds as usize] = *fd;
+            t.nr_fds += 1;
+        }
+        // Each tag can have a ublk command and several backing ops in flight.
+        t.sq_depth = depth.saturating_mul(2);
+        t.cq_depth = depth.saturating_mul(4);
+        t.dev_size = table.total_bytes();
+        t.params = params(
+            &table,
+            block_size,
+            read_only,
+            discard,
+            dev.dev_info.max_io_buf_bytes,
+        );
+        Ok(())
+    };
+    let q_engine = engine.clone();
+    let queue_fn = move |qid: u16, dev: &UblkDev| queue_thread(qid, dev, &q_engine, mode);
+
+    let live_engine = engine.clone();
+    let live_stopper = stopper.clone();
+    let live_guard = guard.clone();
+    let device_fn = move |c: &UblkCtrl| {
+        let live = Live {
+            dev_id: c.dev_info().dev_id,
+            bdev: c.get_bdev_path(),
+            mode,
+        };
+        state.state = "live".into();
+        state.dev_id = Some(live.dev_id);
+        state.bdev = Some(live.bdev.clone());
+        state.mode = Some(mode);
+        let started = control::serve_socket(&state.name, {
+            let (state, stopper) = (state.clone(), live_stopper.clone());
+            move |req| answer(req, &state, &live_engine, &stopper)
+        })
+        .and_then(|()| live_guard.update(&state));
+        match started {
+            Ok(()) => {
+                tracing::info!(bdev = %live.bdev, "device is live");
+                on_live(&live);
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                live_stopper.stop();
+            }
+        }
+    };
+
+    let res = ctrl.run_target(tgt_init, queue_fn, device_fn);
+    if let Err(e) = res {
+        // Queue threads of a failed start are not joined by run_target;
+        // make them drop their rings so that DEL_DEV can complete.
+        FORCE_EXIT.store(true, Ordering::SeqCst);
+        let _ = ctrl.kill_dev();
+        let _ = ctrl.del_dev();
+        return Err(ublk_err("START_DEV", e));
+    }
+    // Stopped: the block device is gone and in-flight I/O has drained.
+    for (f, p) in files.iter().zip(cfg.table.devices()) {
+        if let Err(e) = f.sync_data() {
+            tracing::error!(path = %p.display(), "fdatasync after stop failed: {e}");
+        }
+    }
+    ctrl.del_dev().map_err(|e| ublk_err("DEL_DEV", e))?;
+    tracing::info!("device removed");
+    drop(guard);
+    Ok(())
+}
+
+/// Stops the device from any thread: STOP_DEV removes the block device
+/// (draining in-flight I/O) and aborts the queues' commands.
+struct Stopper {
+    ctrl: Arc<UblkCtrl>,
+}
+
+impl Stopper {
+    fn stop(&self) {
+        if STOPPING.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // libublk's control ring is per thread.
+        let _ = libublk::ublk_init_ctrl_task_ring(|r| {
+            if r.is_none() {
+                *r = Some(
+                    IoUring::<squeue::Entry128>::builder()
+                        .build(16)
+                        .map_err(UblkError::IOError)?,
+                );
+            }
+            Ok(())
+        });
+        if let Err(e) = self.ctrl.kill_dev() {
+            tracing::error!("STOP_DEV failed: {e:?}");
+        }
+    }
+}
+
+/// Answers one control request.
+fn answer(req: &str, state: &DeviceState, engine: &Engine, stopper: &Stopper) -> serde_json::Value {
+    match req {
+        "status" => serde_json::to_value(status(state, engine)).expect("plain data"),
+        "remove" => {
+            std::thread::spawn({
+                let ctrl = stopper.ctrl.clone();
+                move || Stopper { ctrl }.stop()
+            });
+            serde_json::json!({ "ok": true })
+        }
+        other => serde_json::json!({ "error": format!("unknown request {other:?}") }),
+    }
+}
+
+#[derive(Serialize)]
+pub struct Status<'a> {
+    #[serde(flatten)]
+    pub state: &'a DeviceState,
+    pub segments: Vec<SegmentStatus>,
+    pub devices: Vec<DeviceStatus>,
+}
+
+#[derive(Serialize)]
+pub struct SegmentStatus {
+    pub line: usize,
+    pub start: u64,
+    pub len: u64,
+    pub target: &'static str,
+    pub stats: Snapshot,
+}
+
+#[derive(Serialize)]
+pub struct DeviceStatus {
+    pub path: String,
+    pub direct: bool,
+    /// dm-stripe's A (alive) / D (dead: has seen errors).
+    pub health: &'static str,
+    pub stats: Snapshot,
+}
+
+fn status<'a>(state: &'a DeviceState, engine: &Engine) -> Status<'a> {
+    Status {
+        state,
+        segments: engine
+            .table
+            .segments()
+            .iter()
+            .zip(&engine.stats.segments)
+            .map(|(s, c)| SegmentStatus {
+                line: s.line,
+                start: s.start,
+                len: s.len,
+                target: s.target.kind().name(),
+                stats: c.snapshot(),
+            })
+            .collect(),
+        devices: engine
+            .table
+            .devices()
+            .iter()
+            .zip(&engine.stats.devices)
+            .zip(&engine.backing)
+            .map(|((p, c), b)| {
+                let stats = c.snapshot();
+                DeviceStatus {
+                    path: p.display().to_string(),
+                    direct: b.direct,
+                    health: if stats.errors == 0 { "A" } else { "D" },
+                    stats,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Block-device parameters from the table: size, block sizes, dm-stripe's
+/// io_min/io_opt hints (where they are powers of two, which is all ublk can
+/// express), volatile cache + FUA, and discard when every file can punch.
+fn params(
+    table: &Table,
+    block_size: u32,
+    read_only: bool,
+    discard: bool,
+    max_io: u32,
+) -> sys::ublk_params {
+    let lbs = block_size.trailing_zeros() as u8;
+    let pbs = lbs.max(12);
+    let shift = |bytes: u64| {
+        bytes
+            .is_power_of_two()
+            .then(|| bytes.trailing_zeros() as u8)
+    };
+    let (io_min, io_opt) = match table.stripe_hints() {
+        Some((chunk, full)) => {
+            let min = shift(chunk << 9).unwrap_or(pbs).max(lbs);
+            (min, shift(full << 9).unwrap_or(min))
+        }
+        None => (pbs, pbs),
+    };
+    let mut attrs = sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA;
+    if read_only {
+        attrs |= sys::UBLK_ATTR_READ_ONLY;
+    }
+    let mut p = sys::ublk_params {
+        types: sys::UBLK_PARAM_TYPE_BASIC,
+        basic: sys::ublk_param_basic {
+            attrs,
+            logical_bs_shift: lbs,
+            physical_bs_shift: pbs,
+            io_min_shift: io_min,
+            io_opt_shift: io_opt,
+            max_sectors: max_io >> 9,
+            dev_sectors: table.total_sectors(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    if discard && !read_only {
+        p.types |= sys::UBLK_PARAM_TYPE_DISCARD;
+        p.discard = sys::ublk_param_discard {
+            discard_granularity: 1 << pbs,
+            max_discard_sectors: u32::MAX >> 9,
+            max_write_zeroes_sectors: u32::MAX >> 9,
+            max_discard_segments: 1,
+            ..Default::default()
+        };
+    }
+    p
+}
+
+fn block_term_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-set manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// One queue: its ring, its buffers, one task per tag, and the event loop.
+fn queue_thread(qid: u16, dev: &UblkDev, engine: &Arc<Engine>, mode: DataMode) {
+    let depth = u32::from(dev.dev_info.queue_depth);
+    let _ = libublk::io::ublk_init_task_ring(|cell| {
+        if cell.get().is_none() {
+            let ring = IoUring::builder()
+                .setup_cqsize(depth * 4)
+                .setup_coop_taskrun()
+                .setup_single_issuer()
+                .build(depth * 2)
+                .map_err(UblkError::IOError)?;
+            cell.set(RefCell::new(ring))
+                .map_err(|_| UblkError::OtherError(-libc::EEXIST))?;
+        }
+        Ok(())
+    });
+    let q = match UblkQueue::new(qid, dev) {
+        Ok(q) => Rc::new(q),
+        Err(e) => {
+            tracing::error!(qid, "queue setup failed: {e:?}");
+            // start_dev waits for every queue's buffers; release it.
+            dev.notify_buffer_registration_complete(true);
+            return;
+        }
+    };
+    // Copy mode: one buffer per tag, registered as fixed buffer `tag`.
+    let bufs: Rc<Vec<IoBuf<u8>>> = Rc::new(if mode == DataMode::Copy {
+        dev.alloc_queue_io_bufs()
+    } else {
+        Vec::new()
+    });
+    if mode == DataMode::Copy {
+        let iovs: Vec<libc::iovec> = bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: the buffers live in `bufs` until this thread ends, after
+        // the ring's last use.
+        let r = libublk::io::with_task_io_ring(|ring| unsafe {
+            ring.submitter().register_buffers(&iovs)
+        });
+        if let Err(e) = r {
+            tracing::error!(qid, "registering buffers failed: {e}");
+            dev.notify_buffer_registration_complete(true);
+            return;
+        }
+    }
+
+    let exe = smol::LocalExecutor::new();
+    let mut tasks = Vec::new();
+    for tag in q.tags() {
+        let q = q.clone();
+        let bufs = bufs.clone();
+        let engine = engine.clone();
+        tasks.push(exe.spawn(async move {
+            match io_task(&q, tag, mode, bufs.get(tag as usize), &engine).await {
+                Ok(()) | Err(UblkError::QueueIsDown) => {}
+                Err(e) => tracing::error!(qid = q.get_qid(), tag, "io task: {e:?}"),
+            }
+        }));
+    }
+
+    // libublk's event loop, with a 1 s tick so that a stop which never
+    // delivers the abort cannot hang the thread.
+    let mut stopping_since: Option<Instant> = None;
+    while exe.try_tick() {}
+    loop {
+        let ts = types::Timespec::new().sec(1);
+        let (timed_out, down) = match uring_poll_io_fn::<squeue::Entry>(&q, Some(ts), 1) {
+            Ok(t) => (t, false),
+            Err(_) => (false, true),
+        };
+        let aborted = ublk_reap_io_events_with_update_queue(&q, timed_out, None, |cqe| {
+            ublk_wake_task(cqe.user_data(), cqe)
+        })
+        .unwrap_or(true);
+        while exe.try_tick() {}
+        let done = tasks.iter().all(|t| t.is_finished());
+        if (aborted || down) && done {
+            break;
+        }
+        if down || STOPPING.load(Ordering::Relaxed) {
+            let t0 = *stopping_since.get_or_insert_with(Instant::now);
+            if t0.elapsed() > Duration::from_secs(10) {
+                tracing::warn!(qid, "giving up on stuck I/O tasks after stop");
+                break;
+            }
+        }
+        if FORCE_EXIT.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+}
+
+/// One tag: FETCH, then serve and COMMIT_AND_FETCH until the queue is down.
+async fn io_task(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    mode: DataMode,
+    buf: Option<&IoBuf<u8>>,
+    engine: &Engine,
+) -> Result<(), UblkError> {
+    let desc = match (mode, buf) {
+        (DataMode::Copy, Some(b)) => BufDesc::Slice(b.as_slice()),
+        _ => BufDesc::AutoReg(sys::ublk_auto_buf_reg {
+            index: tag,
+            flags: sys::UBLK_AUTO_BUF_REG_FALLBACK as u8,
+            ..Default::default()
+        }),
+    };
+    let buffer = match (mode, buf) {
+        (DataMode::Copy, Some(b)) => Buffer::User {
+            base: b.as_mut_ptr(),
+            index: tag,
+        },
+        _ => Buffer::Kernel { index: tag },
+    };
+    let io_buf = if mode == DataMode::Copy { buf } else { None };
+    q.submit_io_prep_cmd(tag, desc.clone(), -1, io_buf).await?;
+    loop {
+        // Copy the descriptor out of the shared mapping before awaiting.
+        let iod = *q.get_iod(tag);
+        let req = Request {
+            op_flags: iod.op_flags,
+            sector: iod.start_sector,
+            nr_sectors: iod.nr_sectors,
+        };
+        let manual = mode == DataMode::ZeroCopy && iod.op_flags & IO_F_NEED_REG_BUF != 0;
+        let res = if manual {
+            // The kernel could not register the buffer for us.
+            match reg_io_buf(q, tag, true).await {
+                r if r < 0 => r,
+                _ => {
+                    let r = engine.handle(q, req, buffer).await;
+                    // It must be unregistered before COMMIT, or the request
+                    // never completes.
+                    let _ = reg_io_buf(q, tag, false).await;
+                    r
+                }
+            }
+        } else {
+            engine.handle(q, req, buffer).await
+        };
+        q.submit_io_commit_cmd(tag, desc.clone(), res).await?;
+    }
+}
+
+/// UBLK_U_IO_(UN)REGISTER_IO_BUF on the queue ring, marked as target I/O so
+/// that libublk does not count its completion as a ublk command.
+async fn reg_io_buf(q: &UblkQueue<'_>, tag: u16, register: bool) -> i32 {
+    let cmd = sys::ublksrv_io_cmd {
+        q_id: q.get_qid(),
+        tag,
+        result: 0,
+        addr: u64::from(tag),
+    };
+    let op = if register {
+        sys::UBLK_U_IO_REGISTER_IO_BUF
+    } else {
+        sys::UBLK_U_IO_UNREGISTER_IO_BUF
+    };
+    // SAFETY: ublksrv_io_cmd is a 16-byte plain-old-data struct.
+    let raw: [u8; 16] = unsafe { std::mem::transmute(cmd) };
+    let sqe = opcode::UringCmd16::new(types::Fixed(0), op)
+        .cmd(raw)
+        .build();
+    ublk_submit_sqe_async(sqe, UblkUringData::Target as u64)
+        .await
+        .unwrap_or(-libc::EIO)
+}
