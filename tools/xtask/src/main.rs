@@ -1,5 +1,5 @@
 //! Developer tasks for rdm: `cargo xtask vm`, `cargo xtask test`,
-//! `cargo xtask ensure-deps`, `cargo xtask fetch-kernels`.
+//! `cargo xtask demo`, `cargo xtask ensure-deps`, `cargo xtask fetch-kernels`.
 
 mod deps;
 mod kernel;
@@ -62,6 +62,12 @@ enum Cmd {
         timeout: u64,
         /// Test name filter, passed to the test binaries.
         filter: Option<String>,
+    },
+    /// The demo: on a host with ublk it runs here, otherwise in a guest on
+    /// the newest kernel with emulated pmem (tools/demo.sh).
+    Demo {
+        #[arg(long, value_enum, default_value = "latest")]
+        kernel: Flavor,
     },
     /// Install the host packages the rig needs.
     EnsureDeps,
@@ -146,6 +152,7 @@ fn real_main() -> Result<i32> {
             })?;
             Ok(0)
         }
+        Cmd::Demo { kernel } => demo(kernel),
         Cmd::EnsureDeps => {
             deps::ensure_host_packages()?;
             Ok(0)
@@ -159,6 +166,43 @@ fn real_main() -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn demo(kernel: Flavor) -> Result<i32> {
+    // libclang (bindgen, for libublk) first: the build below needs it.
+    deps::ensure_host_packages()?;
+    let root = util::workspace_root();
+    let status = std::process::Command::new("cargo")
+        .args(["build", "--quiet", "-p", "rdm"])
+        .current_dir(&root)
+        .status()
+        .context("cannot run cargo build")?;
+    if !status.success() {
+        bail!("building rdm failed");
+    }
+    let script = root.join("tools/demo.sh");
+    if std::path::Path::new("/dev/ublk-control").exists() {
+        let status = std::process::Command::new("bash")
+            .arg(&script)
+            .status()
+            .context("cannot run tools/demo.sh")?;
+        return Ok(status.code().unwrap_or(1));
+    }
+    println!(
+        "no /dev/ublk-control here: running the demo in a guest ({})",
+        kernel.name()
+    );
+    let cfg = vm::VmConfig {
+        kernel: kernel::ensure(kernel, false)?,
+        pmem: vec![vm::Pmem::Fresh(512 << 20)],
+        icount: false,
+        timeout: Duration::from_secs(600),
+        env: Vec::new(),
+        cwd: root.clone(),
+        argv: vec!["bash".into(), script.display().to_string()],
+        stdin_null: true,
+    };
+    vm::run_in_vm(&cfg)
 }
 
 /// `NAME=VALUE`, or `NAME` to copy the variable from our environment.
