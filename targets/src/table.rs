@@ -93,6 +93,19 @@ impl Table {
         &self.devices[dev]
     }
 
+    /// Rewrites every backing path (e.g. to make relative paths absolute
+    /// before a daemon changes directory). Paths that become equal merge
+    /// into one device, as if the table had named them alike.
+    pub fn rewrite_paths(&self, mut f: impl FnMut(&Path) -> PathBuf) -> Table {
+        let text = Table {
+            segments: self.segments.clone(),
+            devices: self.devices.iter().map(|p| f(p)).collect(),
+            total_sectors: self.total_sectors,
+        }
+        .to_string();
+        Table::parse(&text).expect("a valid table stays valid with other paths")
+    }
+
     /// Device size in 512-byte sectors.
     pub fn total_sectors(&self) -> u64 {
         self.total_sectors

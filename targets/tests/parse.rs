@@ -362,3 +362,15 @@ fn json_shape() {
     assert_eq!(v["segments"][1]["target"]["type"], "zero");
     assert_eq!(v["total_sectors"], 16);
 }
+
+#[test]
+fn rewrite_paths_keeps_the_table() {
+    let t = Table::parse("0 8 linear a 0\n8 16 striped 2 8 b 0 /c 0").unwrap();
+    let abs = t.rewrite_paths(|p| std::path::Path::new("/w").join(p));
+    assert_eq!(
+        abs.to_string(),
+        "0 8 linear /w/a 0\n8 16 striped 2 8 /w/b 0 /c 0\n"
+    );
+    let merged = t.rewrite_paths(|_| "/same".into());
+    assert_eq!(merged.devices().len(), 1);
+}

@@ -82,6 +82,8 @@ pub fn check_name(name: &str) -> Result<(), ControlError> {
 pub struct DeviceState {
     pub name: String,
     pub pid: u32,
+    /// The server's start time, see [`process_start`].
+    pub pid_start: u64,
     /// `starting` until the device is live.
     pub state: String,
     pub dev_id: Option<u32>,
@@ -105,15 +107,29 @@ pub enum Liveness {
     Dead,
 }
 
-pub fn pid_alive(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+/// Start time of a process (field 22 of /proc/PID/stat, in clock ticks
+/// since boot), or None if it does not exist or is a zombie. Together with
+/// the pid it names one process, even after the pid is reused.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command may contain spaces and parentheses: fields start after
+    // the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Whether the process `pid` that started at `start` is still running.
+pub fn pid_alive(pid: u32, start: u64) -> bool {
+    process_start(pid) == Some(start)
 }
 
 impl DeviceState {
     pub fn liveness(&self) -> Liveness {
-        match (pid_alive(self.pid), self.state.as_str()) {
+        match (pid_alive(self.pid, self.pid_start), self.state.as_str()) {
             (false, _) => Liveness::Dead,
             (true, "live") => Liveness::Live,
             (true, _) => Liveness::Starting,
@@ -276,4 +292,75 @@ pub fn serve_socket(
         })
         .map_err(io_err(&path))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_reaped_child_is_not() {
+        let me = std::process::id();
+        let start = process_start(me).unwrap();
+        assert!(pid_alive(me, start));
+        assert!(!pid_alive(me, start + 1), "a reused pid is another process");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let cstart = process_start(pid);
+        child.wait().unwrap();
+        assert!(cstart.is_none() || !pid_alive(pid, cstart.unwrap()));
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["a", "data-1", "x.y_z", &"n".repeat(64)] {
+            check_name(ok).unwrap();
+        }
+        for bad in ["", ".hidden", "a/b", "../x", "a b", &"n".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn claim_is_exclusive_and_dropping_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: tests in this module are the only users of RDM_RUN_DIR.
+        unsafe { std::env::set_var("RDM_RUN_DIR", dir.path()) };
+        let me = std::process::id();
+        let st = DeviceState {
+            name: "t".into(),
+            pid: me,
+            pid_start: process_start(me).unwrap(),
+            state: "starting".into(),
+            dev_id: None,
+            bdev: None,
+            mode: None,
+            queues: 1,
+            depth: 1,
+            block_size: 512,
+            read_only: false,
+            size_bytes: 512,
+            table: "0 1 zero\n".into(),
+        };
+        let g = StateGuard::claim(&st).unwrap();
+        assert!(matches!(
+            StateGuard::claim(&st),
+            Err(ControlError::Exists(_))
+        ));
+        assert_eq!(list().unwrap().len(), 1);
+        assert_eq!(read_state("t").unwrap().liveness(), Liveness::Starting);
+        drop(g);
+        assert!(matches!(read_state("t"), Err(ControlError::NotFound(_))));
+        // A record left by a dead server blocks the name, saying so.
+        let mut dead = st.clone();
+        dead.pid_start += 1;
+        let g = StateGuard::claim(&dead).unwrap();
+        std::mem::forget(g);
+        assert!(matches!(
+            StateGuard::claim(&st),
+            Err(ControlError::ExistsDead(_))
+        ));
+        remove_state("t");
+        assert!(list().unwrap().is_empty());
+    }
 }

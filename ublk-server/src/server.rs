@@ -99,6 +99,7 @@ pub fn serve(
     let mut state = DeviceState {
         name: name.clone(),
         pid: std::process::id(),
+        pid_start: control::process_start(std::process::id()).unwrap_or(0),
         state: "starting".into(),
         dev_id: None,
         bdev: None,

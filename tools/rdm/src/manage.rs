@@ -32,7 +32,8 @@ pub fn remove(name: &str, force: bool) -> Result<(), CliError> {
     let mut dead = st.liveness() == Liveness::Dead;
     if !dead {
         let asked = control::request(name, "remove");
-        let stopped = asked.is_ok() && wait_until(STOP_TIMEOUT, || !control::pid_alive(st.pid));
+        let stopped =
+            asked.is_ok() && wait_until(STOP_TIMEOUT, || !control::pid_alive(st.pid, st.pid_start));
         if !stopped {
             if !force {
                 return Err(CliError::failed(match asked {
@@ -46,7 +47,9 @@ pub fn remove(name: &str, force: bool) -> Result<(), CliError> {
             }
             // SAFETY: plain kill(2) of the recorded server pid.
             unsafe { libc::kill(st.pid as libc::pid_t, libc::SIGKILL) };
-            wait_until(Duration::from_secs(5), || !control::pid_alive(st.pid));
+            wait_until(Duration::from_secs(5), || {
+                !control::pid_alive(st.pid, st.pid_start)
+            });
             dead = true;
         }
     }

@@ -37,6 +37,10 @@ pub fn foreground(args: &CreateArgs, table: Table) -> Result<(), CliError> {
         .and_then(|v| v.parse::<i32>().ok())
         // SAFETY: the parent handed us this fd for our exclusive use.
         .map(|fd| unsafe { File::from_raw_fd(fd) });
+    if ready.is_some() {
+        // Detached: hold no directory (and so no mount) busy.
+        let _ = std::env::set_current_dir("/");
+    }
     let ready = std::sync::Arc::new(std::sync::Mutex::new(ready));
     let json = args.json;
     let on_live = {
@@ -122,6 +126,9 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
     let (read_end, write_end) =
         pipe().map_err(|e| CliError::failed(format!("{}: pipe: {e}", args.name)))?;
 
+    // The server runs from / (so that it holds no mount busy): hand it
+    // absolute paths.
+    let table = table.rewrite_paths(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
     let exe = std::env::current_exe()
         .map_err(|e| CliError::failed(format!("cannot find the rdm binary: {e}")))?;
     let mut cmd = Command::new(exe);
