@@ -52,6 +52,7 @@ pub fn foreground(args: &CreateArgs, table: Table) -> Result<(), CliError> {
                 "bdev": live.bdev,
                 "mode": live.mode.name(),
             });
+            notify_systemd(&format!("READY=1\nSTATUS=serving {}", live.bdev));
             match ready.lock().expect("not poisoned").take() {
                 Some(mut f) => {
                     let _ = writeln!(f, "ok {text}");
@@ -82,6 +83,29 @@ pub fn foreground(args: &CreateArgs, table: Table) -> Result<(), CliError> {
             context: None,
         }
     })
+}
+
+/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, so a
+/// `Type=notify` unit becomes ready exactly when the device is live.
+fn notify_systemd(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        tracing::warn!("sd_notify failed: {e}");
+    }
 }
 
 static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
