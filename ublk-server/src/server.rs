@@ -195,6 +195,11 @@ pub fn serve(
         mode = mode.name(),
         "device added"
     );
+    // Record the id before the block device appears, so that udev's
+    // `rdm udev-name ublkbN` can name it as soon as it does.
+    state.dev_id = Some(ctrl.dev_info().dev_id);
+    state.mode = Some(mode);
+    guard.update(&state)?;
 
     let engine = Arc::new(Engine::new(
         cfg.table.clone(),

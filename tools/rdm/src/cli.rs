@@ -47,6 +47,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// For udev rules: print the rdm name of a ublk block device (ublkbN).
+    #[command(hide = true)]
+    UdevName { kernel_name: String },
     /// Show the kernel's ublk features and the data path rdm would use.
     Features {
         #[arg(long)]

@@ -22,6 +22,7 @@ fn main() {
         Command::Table { name } => manage::table(&name),
         Command::Status { name, json } => manage::status(&name, json),
         Command::Features { json } => manage::features(json),
+        Command::UdevName { kernel_name } => manage::udev_name(&kernel_name),
     };
     if let Err(e) = result {
         e.report();

@@ -158,6 +158,25 @@ fn human(bytes: u64) -> String {
     }
 }
 
+pub fn udev_name(kernel_name: &str) -> Result<(), CliError> {
+    let id: Option<u32> = kernel_name
+        .strip_prefix("ublkb")
+        .and_then(|n| n.parse().ok());
+    let found = control::list()
+        .map_err(failed)?
+        .into_iter()
+        .find(|s| id.is_some() && s.dev_id == id);
+    match found {
+        Some(s) => {
+            println!("{}", s.name);
+            Ok(())
+        }
+        None => Err(CliError::failed(format!(
+            "{kernel_name} is not an rdm device"
+        ))),
+    }
+}
+
 pub fn table(name: &str) -> Result<(), CliError> {
     let st = control::read_state(name).map_err(failed)?;
     print!("{}", st.table);
