@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -84,6 +84,9 @@ enum Mode {
 pub struct DaxMapping {
     ptr: *mut u8,
     len: usize,
+    /// The mapped file or device, kept open for `fallocate` (hole punching
+    /// on fs-dax) and `fdatasync`.
+    file: File,
     path: PathBuf,
     mode: Mode,
     writable: bool,
@@ -170,6 +173,7 @@ impl DaxMapping {
         let m = DaxMapping {
             ptr,
             len,
+            file,
             path: path.clone(),
             mode,
             writable,
@@ -215,6 +219,7 @@ impl DaxMapping {
         Ok(DaxMapping {
             ptr,
             len,
+            file,
             path: path.to_owned(),
             mode: Mode::Plain,
             writable,
@@ -367,6 +372,86 @@ impl DaxMapping {
         arch::store_fence();
     }
 
+    /// A raw pointer to `len` bytes at `offset`, bounds-checked, for handing
+    /// the mapped range itself to the kernel as an I/O buffer (e.g. the
+    /// source of a `write(2)` / io_uring WRITE, which reads it).
+    ///
+    /// # Safety
+    /// The pointer is valid only while `self` lives: the caller must not use
+    /// it (nor let an in-flight I/O use it) after the mapping is dropped, and
+    /// must only read through it. Bytes may change concurrently (another
+    /// queue or process writing the same range), as with any shared mapping.
+    pub unsafe fn as_ptr_range(&self, offset: u64, len: usize) -> Result<*const u8, DaxError> {
+        let off = self.check(offset, len)?;
+        // SAFETY: `off + len <= self.len` (checked), inside the mapping.
+        Ok(unsafe { self.ptr.add(off) })
+    }
+
+    /// A raw pointer to `len` writable bytes at `offset`, bounds-checked
+    /// (and refused on a read-only mapping), for letting the kernel store
+    /// into the mapped range directly (the destination of a `read(2)` /
+    /// io_uring READ). Stores made that way are *not* durable until
+    /// [`Self::persist`] is called on the range.
+    ///
+    /// # Safety
+    /// As [`Self::as_ptr_range`]: valid only while `self` lives. The caller
+    /// must call [`Self::persist`] for the range after the stores completed
+    /// before reporting them durable, and must not create Rust references
+    /// into the range (it is shared memory; only raw copies are sound).
+    pub unsafe fn as_mut_ptr_range(&self, offset: u64, len: usize) -> Result<*mut u8, DaxError> {
+        let off = self.check_write(offset, len)?;
+        // SAFETY: `off + len <= self.len` (checked), inside the mapping.
+        Ok(unsafe { self.ptr.add(off) })
+    }
+
+    /// Discard `len` bytes at `offset` so that they read back as zeros,
+    /// durably: on an fs-dax (or plain test) file the range is punched
+    /// (`fallocate(PUNCH_HOLE | KEEP_SIZE)`, which also drops the pages
+    /// from this mapping) and the metadata change synced with `fdatasync`;
+    /// on device-dax, or where the filesystem cannot punch (`EOPNOTSUPP`),
+    /// the bytes are zeroed with [`Self::fill_zero`].
+    pub fn punch_hole(&self, offset: u64, len: u64) -> Result<(), DaxError> {
+        let l = usize::try_from(len).map_err(|_| DaxError::OutOfRange {
+            path: self.path.clone(),
+            offset,
+            len,
+            size: self.len as u64,
+        })?;
+        self.check_write(offset, l)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if self.mode == Mode::DevDax {
+            return self.fill_zero(offset, len);
+        }
+        // SAFETY: plain fallocate on an fd we own; the range is inside the
+        // file (checked against the mapping, which covers the file).
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                return self.fill_zero(offset, len);
+            }
+            return Err(DaxError::io(&self.path, "punch a hole in", e));
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| DaxError::io(&self.path, "fdatasync", e))
+    }
+
+    /// The mapped file or device (open read-write if the mapping is
+    /// writable), e.g. for an asynchronous `fallocate` on an io_uring.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Cached copy (or zero fill) plus write-back of the covered lines.
     ///
     /// # Safety
@@ -429,6 +514,18 @@ impl DaxMapping {
         // SAFETY: per this function's contract.
         unsafe { self.store_cached(off, src, len) };
         arch::store_fence();
+    }
+}
+
+impl AsRawFd for DaxMapping {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+impl AsFd for DaxMapping {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 
@@ -573,6 +670,83 @@ mod tests {
         assert!(matches!(
             DaxMapping::open(&p),
             Err(DaxError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn raw_ranges_are_bounds_checked() {
+        let (_d, m) = plain(PersistenceDomain::MemoryController);
+        let size = SIZE as u64;
+        // SAFETY (test): pointers are used only while `m` lives.
+        unsafe {
+            let p = m.as_mut_ptr_range(100, 5).unwrap();
+            std::ptr::copy_nonoverlapping(b"raw!!".as_ptr(), p, 5);
+            m.persist(100, 5).unwrap();
+            let q = m.as_ptr_range(100, 5).unwrap();
+            assert_eq!(std::slice::from_raw_parts(q, 5), b"raw!!");
+            assert_eq!(m.as_ptr_range(size, 0).unwrap(), p.add(SIZE - 100));
+            for (off, len) in [(size - 1, 2usize), (size + 1, 0), (u64::MAX, 1)] {
+                assert!(matches!(
+                    m.as_ptr_range(off, len),
+                    Err(DaxError::OutOfRange { .. })
+                ));
+                assert!(matches!(
+                    m.as_mut_ptr_range(off, len),
+                    Err(DaxError::OutOfRange { .. })
+                ));
+            }
+        }
+        let mut b = [0u8; 5];
+        m.read_at(100, &mut b).unwrap();
+        assert_eq!(&b, b"raw!!");
+    }
+
+    #[test]
+    fn punch_hole_reads_zeros_and_frees_blocks() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("img");
+        std::fs::write(&p, vec![0x55u8; 1 << 20]).unwrap();
+        let m = DaxMapping::map_plain_for_tests(&p, PersistenceDomain::MemoryController).unwrap();
+        m.punch_hole(4096, 64 * 1024).unwrap();
+        // A range not on block boundaries: the partial blocks are zeroed.
+        m.punch_hole(200_000, 333).unwrap();
+        let mut all = vec![0u8; 1 << 20];
+        m.read_at(0, &mut all).unwrap();
+        let mut want = vec![0x55u8; 1 << 20];
+        want[4096..4096 + 64 * 1024].fill(0);
+        want[200_000..200_333].fill(0);
+        assert!(all == want);
+        assert_eq!(std::fs::read(&p).unwrap(), want);
+        assert!(matches!(
+            m.punch_hole(1 << 20, 1),
+            Err(DaxError::OutOfRange { .. })
+        ));
+        m.punch_hole(1 << 20, 0).unwrap();
+        assert_eq!(m.file().metadata().unwrap().len(), 1 << 20);
+        assert!(m.as_raw_fd() >= 0);
+    }
+
+    #[test]
+    fn read_only_mapping_refuses_mut_ptr_and_punch() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ro");
+        std::fs::write(&p, vec![1u8; 8192]).unwrap();
+        let mut perms = std::fs::metadata(&p).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&p, perms).unwrap();
+        let m = DaxMapping::map_plain_for_tests(&p, PersistenceDomain::Unknown).unwrap();
+        if m.is_writable() {
+            eprintln!("running as root: read-only permissions do not apply; skipping");
+            return;
+        }
+        // SAFETY (test): the pointer is not used.
+        assert!(matches!(
+            unsafe { m.as_mut_ptr_range(0, 1) },
+            Err(DaxError::ReadOnly { .. })
+        ));
+        assert!(matches!(
+            m.punch_hole(0, 4096),
+            Err(DaxError::ReadOnly { .. })
         ));
     }
 

@@ -9,6 +9,7 @@
 
 pub mod backing;
 pub mod control;
+pub mod dax_path;
 pub mod engine;
 pub mod features;
 pub mod ring;

@@ -2,9 +2,10 @@ use std::io::Read;
 
 use rdm_targets::Table;
 use rdm_ublk_server::backing::{self, BackingError, BackingInfo};
+use rdm_ublk_server::dax_path::{self, DaxDecision, DaxPolicy, DeviceDax};
 use serde::Serialize;
 
-use crate::cli::CreateArgs;
+use crate::cli::{CreateArgs, Dax};
 use crate::error::CliError;
 
 /// Reads the table from `--table`, a file, or stdin (`-`).
@@ -55,21 +56,48 @@ struct DryRun<'a> {
     table: String,
     segments: &'a [rdm_targets::Segment],
     devices: Vec<DeviceReport<'a>>,
-    /// DAX capability of the whole table: "unknown" until probing exists.
-    dax: &'static str,
+    /// DAX capability of the whole table.
+    dax: TableDax<'a>,
 }
 
 #[derive(Serialize)]
 struct DeviceReport<'a> {
     #[serde(flatten)]
     backing: &'a BackingInfo,
-    dax: &'static str,
+    dax: &'a DeviceDax,
+}
+
+/// `capable`/`reason` of the whole table, the policy, and whether the DAX
+/// path would serve it (`null` capability: not probed, `--dax off`).
+#[derive(Serialize)]
+struct TableDax<'a> {
+    policy: DaxPolicy,
+    capable: Option<bool>,
+    active: bool,
+    reason: Option<&'a str>,
+}
+
+pub fn dax_policy(d: Dax) -> DaxPolicy {
+    match d {
+        Dax::Auto => DaxPolicy::Auto,
+        Dax::Required => DaxPolicy::Required,
+        Dax::Off => DaxPolicy::Off,
+    }
+}
+
+/// Probes the table's devices for DAX under `--dax` (nothing for `off`):
+/// `required` on a table that cannot, or a probe that fails for real, is
+/// an error naming the devices.
+pub fn decide_dax(args: &CreateArgs, table: &Table) -> Result<DaxDecision, CliError> {
+    dax_path::decide(table, dax_policy(args.dax))
+        .map_err(|e| CliError::failed(format!("{}: {e}", args.name)))
 }
 
 pub fn run(args: CreateArgs) -> Result<(), CliError> {
     let (table, devices) = load(&args)?;
     if args.dry_run {
-        print_dry_run(&args, &table, &devices);
+        let dax = decide_dax(&args, &table)?;
+        print_dry_run(&args, &table, &devices, &dax);
         return Ok(());
     }
     if args.foreground {
@@ -79,7 +107,7 @@ pub fn run(args: CreateArgs) -> Result<(), CliError> {
     }
 }
 
-fn print_dry_run(args: &CreateArgs, table: &Table, devices: &[BackingInfo]) {
+fn print_dry_run(args: &CreateArgs, table: &Table, devices: &[BackingInfo], dax: &DaxDecision) {
     if args.json {
         let report = DryRun {
             name: &args.name,
@@ -91,12 +119,15 @@ fn print_dry_run(args: &CreateArgs, table: &Table, devices: &[BackingInfo]) {
             segments: table.segments(),
             devices: devices
                 .iter()
-                .map(|b| DeviceReport {
-                    backing: b,
-                    dax: "unknown",
-                })
+                .zip(&dax.devices)
+                .map(|(b, d)| DeviceReport { backing: b, dax: d })
                 .collect(),
-            dax: "unknown",
+            dax: TableDax {
+                policy: dax.policy,
+                capable: dax.capable,
+                active: dax.active,
+                reason: dax.reason.as_deref(),
+            },
         };
         println!(
             "{}",
@@ -104,5 +135,8 @@ fn print_dry_run(args: &CreateArgs, table: &Table, devices: &[BackingInfo]) {
         );
     } else {
         print!("{table}");
+        if let Some(note) = &dax.note {
+            eprintln!("{note}");
+        }
     }
 }

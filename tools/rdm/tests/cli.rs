@@ -74,7 +74,120 @@ fn dry_run_json_describes_segments_and_devices() {
     assert_eq!(v["devices"][0]["kind"], "file");
     assert_eq!(v["devices"][0]["size_bytes"], 2048 * 512);
     assert_eq!(v["devices"][0]["read_only"], false);
-    assert!(v["devices"][0]["dax"].is_string());
+    assert!(v["devices"][0]["dax"].is_object());
+}
+
+#[test]
+fn dry_run_json_reports_dax_probe_results() {
+    let f = Files::new(&[("a", 2048), ("b", 2048)]);
+    let table = format!(
+        "0 2048 linear {} 0;2048 2048 linear {} 0",
+        f.p("a"),
+        f.p("b")
+    );
+    // Default (auto): probed; host files are not DAX.
+    let o = rdm(&["create", "t", "--dry-run", "--json", "--table", &table]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for i in 0..2 {
+        let d = &v["devices"][i]["dax"];
+        assert_eq!(d["supported"], false, "{v}");
+        assert!(d["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+        assert!(d["kind"].is_null(), "{v}");
+        assert!(d["persistence_domain"].is_null(), "{v}");
+    }
+    assert_eq!(v["dax"]["policy"], "auto");
+    assert_eq!(v["dax"]["capable"], false);
+    assert_eq!(v["dax"]["active"], false);
+    let reason = v["dax"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&f.p("a")) && reason.contains(&f.p("b")),
+        "{reason}"
+    );
+
+    // off: nothing probed.
+    let o = rdm(&[
+        "create",
+        "t",
+        "--dry-run",
+        "--json",
+        "--dax",
+        "off",
+        "--table",
+        &table,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["devices"][0]["dax"]["supported"].is_null(), "{v}");
+    assert!(v["dax"]["capable"].is_null(), "{v}");
+    assert_eq!(v["dax"]["policy"], "off");
+    assert_eq!(v["dax"]["active"], false);
+}
+
+#[test]
+fn dry_run_dax_required_fails_naming_every_device() {
+    let f = Files::new(&[("a", 2048), ("b", 2048)]);
+    let table = format!(
+        "0 2048 linear {} 0;2048 2048 linear {} 0",
+        f.p("a"),
+        f.p("b")
+    );
+    for json in [false, true] {
+        let mut args = vec![
+            "create",
+            "t",
+            "--dry-run",
+            "--dax",
+            "required",
+            "--table",
+            &table,
+        ];
+        if json {
+            args.push("--json");
+        }
+        let o = rdm(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("--dax required"), "{e}");
+        assert!(e.contains(&f.p("a")) && e.contains(&f.p("b")), "{e}");
+        assert!(o.stdout.is_empty());
+    }
+}
+
+#[test]
+fn dry_run_dax_zero_segment_and_auto_note() {
+    let f = Files::new(&[("a", 2048)]);
+    let table = format!("0 2048 linear {} 0;2048 8 zero", f.p("a"));
+    let o = rdm(&["create", "t", "--dry-run", "--json", "--table", &table]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["dax"]["capable"], false);
+    assert!(
+        v["dax"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("zero segment"),
+        "{v}"
+    );
+    // Text mode, auto: exactly one line on stderr naming the device.
+    let o = rdm(&["create", "t", "--dry-run", "--table", &table]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.starts_with("dax: ") && e.contains(&f.p("a")), "{e}");
+    assert!(e.contains("serving through io_uring"), "{e}");
+    // off: no probe, no note.
+    let o = rdm(&[
+        "create",
+        "t",
+        "--dry-run",
+        "--dax",
+        "off",
+        "--table",
+        &table,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
 }
 
 #[test]
