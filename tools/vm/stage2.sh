@@ -23,7 +23,7 @@ stty -onlcr </dev/console 2>/dev/null
 # breaks loading nfit/nd_pmem from an alternate root).
 mkdir -p /run/rdm-empty-modprobe.d
 if ! modprobe -C /run/rdm-empty-modprobe.d -d "$RDM_KROOT" -S "$(uname -r)" \
-	-a ublk_drv loop dm-mod nfit nd_pmem dax_pmem device_dax ext4 xfs; then
+	-a ublk_drv loop dm-mod dm-zero nfit nd_pmem dax_pmem device_dax ext4 xfs; then
 	echo "rdm-vm stage2: warning: some kernel modules failed to load" >&2
 fi
 

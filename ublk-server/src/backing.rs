@@ -13,7 +13,7 @@ use serde::Serialize;
 pub enum BackingError {
     #[error("{path}: {cause}")]
     Io { path: PathBuf, cause: io::Error },
-    #[error("{path}: not a regular file or block device")]
+    #[error("{path}: not a regular file, block device or device-dax character device")]
     WrongType { path: PathBuf },
     #[error(transparent)]
     Table(#[from] TableError),
@@ -25,6 +25,8 @@ pub enum BackingError {
 pub enum BackingKind {
     File,
     BlockDevice,
+    /// `/dev/daxX.Y`: only mmap works on it, so only the DAX path serves it.
+    DaxDevice,
 }
 
 /// Facts about one backing path, gathered without changing it.
@@ -53,6 +55,8 @@ pub fn inspect(path: &Path) -> Result<BackingInfo, BackingError> {
         (BackingKind::File, (meta.dev(), meta.ino()))
     } else if ft.is_block_device() {
         (BackingKind::BlockDevice, (u64::MAX, meta.rdev()))
+    } else if ft.is_char_device() && dax_device_size(path).is_some() {
+        (BackingKind::DaxDevice, (u64::MAX - 1, meta.rdev()))
     } else {
         return Err(BackingError::WrongType {
             path: path.to_path_buf(),
@@ -67,6 +71,7 @@ pub fn inspect(path: &Path) -> Result<BackingInfo, BackingError> {
     let size_bytes = match kind {
         BackingKind::File => meta.len(),
         BackingKind::BlockDevice => block_device_size(&file).map_err(io_err)?,
+        BackingKind::DaxDevice => dax_device_size(path).unwrap_or(0),
     };
     Ok(BackingInfo {
         path: path.to_path_buf(),
@@ -77,6 +82,14 @@ pub fn inspect(path: &Path) -> Result<BackingInfo, BackingError> {
             identity,
         },
     })
+}
+
+/// The size of a device-dax character device, or None if `path` is not one.
+fn dax_device_size(path: &Path) -> Option<u64> {
+    match rdm_dax::probe(path).ok()? {
+        rdm_dax::Dax::Supported(info) if info.kind == rdm_dax::DaxKind::DevDax => Some(info.size),
+        _ => None,
+    }
 }
 
 fn is_read_only_error(e: &io::Error) -> bool {

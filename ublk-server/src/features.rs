@@ -54,6 +54,9 @@ pub enum DataMode {
     /// The driver copies between the request and our per-tag buffers, which
     /// are registered io_uring fixed buffers.
     Copy,
+    /// DAX: requests are served by copying between our per-tag buffers and
+    /// persistent-memory mappings, with cache flushes for persistence.
+    Dax,
 }
 
 impl DataMode {
@@ -61,6 +64,7 @@ impl DataMode {
         match self {
             DataMode::ZeroCopy => "zero-copy",
             DataMode::Copy => "copy",
+            DataMode::Dax => "dax",
         }
     }
 }

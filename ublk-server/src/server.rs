@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use crate::backing::{self, BackingError};
 use crate::control::{self, ControlError, DeviceState, StateGuard};
+use crate::dax_path::{self, DaxBuf, DaxDecision, DaxDecisionError, DaxEngine, DaxPolicy};
 use crate::engine::{Backing, Buffer, Engine, Request};
 use crate::features::{self, DataMode, ZeroCopy};
 use crate::stats::Snapshot;
@@ -48,6 +49,7 @@ pub struct Config {
     pub zero_copy: ZeroCopy,
     pub block_size: u32,
     pub read_only: bool,
+    pub dax: DaxPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,17 @@ pub enum ServerError {
     Backing { name: String, source: BackingError },
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error("{name}: {source}")]
+    Dax {
+        name: String,
+        source: DaxDecisionError,
+    },
+    #[error("{name}: {path} is a device-dax character device, which only the DAX path can serve, and the DAX path is not used: {why}")]
+    DevDaxNeedsDax {
+        name: String,
+        path: String,
+        why: String,
+    },
     #[error("{name}: too many backing devices ({count}); at most {max}")]
     TooManyDevices {
         name: String,
@@ -80,6 +93,52 @@ pub struct Live {
     pub dev_id: u32,
     pub bdev: String,
     pub mode: DataMode,
+    /// With `--dax auto` on a table that cannot: which device and why.
+    pub dax_note: Option<String>,
+}
+
+/// What serves the requests: io_uring on the backing files, or the DAX
+/// mappings. Chosen once, before the device exists.
+#[derive(Debug)]
+enum Core {
+    Uring(Engine),
+    Dax(DaxEngine),
+}
+
+impl Core {
+    fn table(&self) -> &Table {
+        match self {
+            Core::Uring(e) => &e.table,
+            Core::Dax(e) => &e.table,
+        }
+    }
+
+    fn stats(&self) -> &crate::stats::Stats {
+        match self {
+            Core::Uring(e) => &e.stats,
+            Core::Dax(e) => &e.stats,
+        }
+    }
+
+    /// How each backing device is accessed, for status.
+    fn access(&self, dev: usize) -> &'static str {
+        match self {
+            Core::Uring(e) if e.backing[dev].direct => "o_direct",
+            Core::Uring(_) => "buffered",
+            Core::Dax(_) => "dax",
+        }
+    }
+
+    async fn handle(&self, q: &UblkQueue<'_>, req: Request, buf: Buffer) -> i32 {
+        match (self, buf) {
+            (Core::Uring(e), _) => e.handle(q, req, buf).await,
+            (Core::Dax(e), Buffer::User { base, .. }) => {
+                e.handle(q, req, DaxBuf::User { base }).await
+            }
+            // The DAX core always runs in copy mode.
+            (Core::Dax(_), Buffer::Kernel { .. }) => -libc::EIO,
+        }
+    }
 }
 
 /// Set when queue threads must give up even with I/O tasks unfinished
@@ -121,6 +180,34 @@ pub fn serve(
             msg,
         })?;
 
+    let backing_err = |source| ServerError::Backing {
+        name: name.clone(),
+        source,
+    };
+    let infos = backing::check_table(&cfg.table, !cfg.read_only).map_err(backing_err)?;
+
+    // DAX is decided before anything exists: `required` fails here.
+    let dax_err = |source| ServerError::Dax {
+        name: name.clone(),
+        source,
+    };
+    let dax = dax_path::decide(&cfg.table, cfg.dax).map_err(dax_err)?;
+    if let Some(note) = &dax.note {
+        tracing::warn!("{note}");
+    }
+    if !dax.active {
+        if let Some(b) = infos
+            .iter()
+            .find(|b| b.kind == backing::BackingKind::DaxDevice)
+        {
+            return Err(ServerError::DevDaxNeedsDax {
+                name,
+                path: b.path.display().to_string(),
+                why: dax.reason.clone().unwrap_or_default(),
+            });
+        }
+    }
+
     // Backing files: fixed files 1..=n on every queue ring; /dev/zero after
     // them fills kernel buffers for zero segments in zero-copy mode.
     let ndev = cfg.table.devices().len();
@@ -131,30 +218,37 @@ pub fn serve(
             max: MAX_FDS - 2,
         });
     }
-    let backing_err = |source| ServerError::Backing {
-        name: name.clone(),
-        source,
-    };
-    backing::check_table(&cfg.table, !cfg.read_only).map_err(backing_err)?;
     let mut files: Vec<File> = Vec::new();
-    let mut back = Vec::new();
     let mut discard = true;
-    for (i, p) in cfg.table.devices().iter().enumerate() {
-        let (f, direct) = backing::open(p, !cfg.read_only).map_err(backing_err)?;
-        discard &= backing::supports_discard(&f);
-        back.push(Backing {
-            fixed: i as u32 + 1,
-            direct,
-        });
-        files.push(f);
-    }
+    let core = if dax.active {
+        // Copy mode: the driver copies request data into our buffers and
+        // the DAX core copies it into pmem. Measured faster than USER_COPY
+        // for 4 KiB (one memcpy + flush beats an extra SQE round trip).
+        mode = DataMode::Dax;
+        Core::Dax(DaxEngine::open(cfg.table.clone(), &dax).map_err(dax_err)?)
+    } else {
+        let mut back = Vec::new();
+        for (i, p) in cfg.table.devices().iter().enumerate() {
+            let (f, direct) = backing::open(p, !cfg.read_only).map_err(backing_err)?;
+            discard &= backing::supports_discard(&f);
+            back.push(Backing {
+                fixed: i as u32 + 1,
+                direct,
+            });
+            files.push(f);
+        }
+        Core::Uring(Engine::new(
+            cfg.table.clone(),
+            back,
+            (mode == DataMode::ZeroCopy).then_some(ndev as u32 + 1),
+        ))
+    };
     let zero = File::open("/dev/zero").map_err(|cause| {
         backing_err(BackingError::Io {
             path: "/dev/zero".into(),
             cause,
         })
     })?;
-    let zero_fixed = ndev as u32 + 1;
 
     let mut ctrl_flags = 0u64;
     if mode == DataMode::ZeroCopy {
@@ -201,11 +295,8 @@ pub fn serve(
     state.mode = Some(mode);
     guard.update(&state)?;
 
-    let engine = Arc::new(Engine::new(
-        cfg.table.clone(),
-        back,
-        (mode == DataMode::ZeroCopy).then_some(zero_fixed),
-    ));
+    let engine = Arc::new(core);
+    let dax = Arc::new(dax);
 
     let stopper = Arc::new(Stopper { ctrl: ctrl.clone() });
     {
@@ -251,6 +342,7 @@ pub fn serve(
     let queue_fn = move |qid: u16, dev: &UblkDev| queue_thread(qid, dev, &q_engine, mode);
 
     let live_engine = engine.clone();
+    let live_dax = dax.clone();
     let live_stopper = stopper.clone();
     let live_guard = guard.clone();
     let device_fn = move |c: &UblkCtrl| {
@@ -258,14 +350,15 @@ pub fn serve(
             dev_id: c.dev_info().dev_id,
             bdev: c.get_bdev_path(),
             mode,
+            dax_note: live_dax.note.clone(),
         };
         state.state = "live".into();
         state.dev_id = Some(live.dev_id);
         state.bdev = Some(live.bdev.clone());
         state.mode = Some(mode);
         let started = control::serve_socket(&state.name, {
-            let (state, stopper) = (state.clone(), live_stopper.clone());
-            move |req| answer(req, &state, &live_engine, &stopper)
+            let (state, stopper, dax) = (state.clone(), live_stopper.clone(), live_dax.clone());
+            move |req| answer(req, &state, &live_engine, &dax, &stopper)
         })
         .and_then(|()| live_guard.update(&state));
         match started {
@@ -330,9 +423,15 @@ impl Stopper {
 }
 
 /// Answers one control request.
-fn answer(req: &str, state: &DeviceState, engine: &Engine, stopper: &Stopper) -> serde_json::Value {
+fn answer(
+    req: &str,
+    state: &DeviceState,
+    core: &Core,
+    dax: &DaxDecision,
+    stopper: &Stopper,
+) -> serde_json::Value {
     match req {
-        "status" => serde_json::to_value(status(state, engine)).expect("plain data"),
+        "status" => serde_json::to_value(status(state, core, dax)).expect("plain data"),
         "remove" => {
             std::thread::spawn({
                 let ctrl = stopper.ctrl.clone();
@@ -350,6 +449,7 @@ pub struct Status<'a> {
     pub state: &'a DeviceState,
     pub segments: Vec<SegmentStatus>,
     pub devices: Vec<DeviceStatus>,
+    pub dax: &'a DaxDecision,
 }
 
 #[derive(Serialize)]
@@ -364,20 +464,23 @@ pub struct SegmentStatus {
 #[derive(Serialize)]
 pub struct DeviceStatus {
     pub path: String,
+    /// Opened with O_DIRECT (io_uring path).
     pub direct: bool,
+    /// `o_direct`, `buffered` or `dax`.
+    pub access: &'static str,
     /// dm-stripe's A (alive) / D (dead: has seen errors).
     pub health: &'static str,
     pub stats: Snapshot,
 }
 
-fn status<'a>(state: &'a DeviceState, engine: &Engine) -> Status<'a> {
+fn status<'a>(state: &'a DeviceState, core: &Core, dax: &'a DaxDecision) -> Status<'a> {
+    let (table, stats) = (core.table(), core.stats());
     Status {
         state,
-        segments: engine
-            .table
+        segments: table
             .segments()
             .iter()
-            .zip(&engine.stats.segments)
+            .zip(&stats.segments)
             .map(|(s, c)| SegmentStatus {
                 line: s.line,
                 start: s.start,
@@ -386,22 +489,23 @@ fn status<'a>(state: &'a DeviceState, engine: &Engine) -> Status<'a> {
                 stats: c.snapshot(),
             })
             .collect(),
-        devices: engine
-            .table
+        devices: table
             .devices()
             .iter()
-            .zip(&engine.stats.devices)
-            .zip(&engine.backing)
-            .map(|((p, c), b)| {
+            .zip(&stats.devices)
+            .enumerate()
+            .map(|(i, (p, c))| {
                 let stats = c.snapshot();
                 DeviceStatus {
                     path: p.display().to_string(),
-                    direct: b.direct,
+                    direct: core.access(i) == "o_direct",
+                    access: core.access(i),
                     health: if stats.errors == 0 { "A" } else { "D" },
                     stats,
                 }
             })
             .collect(),
+        dax,
     }
 }
 
@@ -473,7 +577,7 @@ fn block_term_signals() -> libc::sigset_t {
 }
 
 /// One queue: its ring, its buffers, one task per tag, and the event loop.
-fn queue_thread(qid: u16, dev: &UblkDev, engine: &Arc<Engine>, mode: DataMode) {
+fn queue_thread(qid: u16, dev: &UblkDev, engine: &Arc<Core>, mode: DataMode) {
     let depth = u32::from(dev.dev_info.queue_depth);
     let _ = libublk::io::ublk_init_task_ring(|cell| {
         if cell.get().is_none() {
@@ -498,12 +602,13 @@ fn queue_thread(qid: u16, dev: &UblkDev, engine: &Arc<Engine>, mode: DataMode) {
         }
     };
     // Copy mode: one buffer per tag, registered as fixed buffer `tag`.
-    let bufs: Rc<Vec<IoBuf<u8>>> = Rc::new(if mode == DataMode::Copy {
+    let copy = mode != DataMode::ZeroCopy;
+    let bufs: Rc<Vec<IoBuf<u8>>> = Rc::new(if copy {
         dev.alloc_queue_io_bufs()
     } else {
         Vec::new()
     });
-    if mode == DataMode::Copy {
+    if copy {
         let iovs: Vec<libc::iovec> = bufs
             .iter()
             .map(|b| libc::iovec {
@@ -575,10 +680,10 @@ async fn io_task(
     tag: u16,
     mode: DataMode,
     buf: Option<&IoBuf<u8>>,
-    engine: &Engine,
+    engine: &Core,
 ) -> Result<(), UblkError> {
     let desc = match (mode, buf) {
-        (DataMode::Copy, Some(b)) => BufDesc::Slice(b.as_slice()),
+        (DataMode::Copy | DataMode::Dax, Some(b)) => BufDesc::Slice(b.as_slice()),
         _ => BufDesc::AutoReg(sys::ublk_auto_buf_reg {
             index: tag,
             flags: sys::UBLK_AUTO_BUF_REG_FALLBACK as u8,
@@ -586,13 +691,17 @@ async fn io_task(
         }),
     };
     let buffer = match (mode, buf) {
-        (DataMode::Copy, Some(b)) => Buffer::User {
+        (DataMode::Copy | DataMode::Dax, Some(b)) => Buffer::User {
             base: b.as_mut_ptr(),
             index: tag,
         },
         _ => Buffer::Kernel { index: tag },
     };
-    let io_buf = if mode == DataMode::Copy { buf } else { None };
+    let io_buf = if mode == DataMode::ZeroCopy {
+        None
+    } else {
+        buf
+    };
     q.submit_io_prep_cmd(tag, desc.clone(), -1, io_buf).await?;
     loop {
         // Copy the descriptor out of the shared mapping before awaiting.

@@ -150,3 +150,13 @@ fn parse_block_size(s: &str) -> Result<u32, String> {
         _ => Err("must be 512 or 4096".into()),
     }
 }
+
+impl Dax {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dax::Auto => "auto",
+            Dax::Required => "required",
+            Dax::Off => "off",
+        }
+    }
+}

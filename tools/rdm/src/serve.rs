@@ -51,14 +51,23 @@ pub fn foreground(args: &CreateArgs, table: Table) -> Result<(), CliError> {
                 "dev_id": live.dev_id,
                 "bdev": live.bdev,
                 "mode": live.mode.name(),
+                "dax_note": live.dax_note,
             });
             notify_systemd(&format!("READY=1\nSTATUS=serving {}", live.bdev));
             match ready.lock().expect("not poisoned").take() {
                 Some(mut f) => {
                     let _ = writeln!(f, "ok {text}");
                 }
-                None if json => println!("{text}"),
-                None => println!("{}", live.bdev),
+                None => {
+                    if let Some(note) = &live.dax_note {
+                        eprintln!("rdm: {note}");
+                    }
+                    if json {
+                        println!("{text}");
+                    } else {
+                        println!("{}", live.bdev);
+                    }
+                }
             }
         }
     };
@@ -71,6 +80,7 @@ pub fn foreground(args: &CreateArgs, table: Table) -> Result<(), CliError> {
         zero_copy: args.zero_copy.into(),
         block_size: args.block_size,
         read_only: args.read_only,
+        dax: crate::create::dax_policy(args.dax),
     };
     server::serve(cfg, on_live).map_err(|e| {
         let code = exit_code(&e);
@@ -171,6 +181,7 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
     ])
     .args(["--zero-copy", args.zero_copy.name()])
     .args(["--block-size", &args.block_size.to_string()])
+    .args(["--dax", args.dax.name()])
     .env(READY_ENV, READY_FD.to_string())
     .stdin(Stdio::null())
     .stdout(
@@ -200,13 +211,16 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
     let _ = BufReader::new(File::from(read_end)).read_line(&mut line);
     let line = line.trim_end();
     if let Some(json) = line.strip_prefix("ok ") {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        if let Some(note) = v["dax_note"].as_str() {
+            eprintln!("rdm: {note}");
+        }
         // The server lives on after we exit; dropping the handle neither
         // waits for it nor kills it.
         drop(child);
         if args.json {
             println!("{json}");
         } else {
-            let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
             println!("{}", v["bdev"].as_str().unwrap_or(""));
         }
         return Ok(());
