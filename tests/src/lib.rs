@@ -12,6 +12,9 @@
 //! which skips on a host without ublk, but panics when `RDM_REQUIRE_UBLK=1`
 //! (set by xtask) so CI can't pass by skipping.
 
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -165,4 +168,502 @@ pub fn pmem_devdax(n: usize) -> PathBuf {
     let dev = PathBuf::from(format!("/dev/{chardev}"));
     wait_for_path(&dev, Duration::from_secs(10));
     dev
+}
+
+// ---------------------------------------------------------------------------
+// rdm devices and the things around them (backing files, loop, dm, fio).
+// ---------------------------------------------------------------------------
+
+/// Data-path modes (`--zero-copy` values) to run the data tests in: copy
+/// everywhere, zero copy too where the kernel has `UBLK_F_AUTO_BUF_REG`
+/// (6.16+; the 6.12 guest has no zero copy at all).
+pub fn modes() -> Vec<&'static str> {
+    if kernel_version() >= (6, 16) {
+        vec!["off", "on"]
+    } else {
+        vec!["off"]
+    }
+}
+
+/// The `mode` rdm reports for a `--zero-copy` value.
+pub fn mode_name(zero_copy: &str) -> &'static str {
+    match zero_copy {
+        "on" => "zero-copy",
+        _ => "copy",
+    }
+}
+
+/// Outcome of a command that may fail.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `cmd` and returns its outcome, whatever it is.
+pub fn output(cmd: &mut Command) -> Out {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `rdm ARGS`, outcome whatever it is.
+pub fn rdm(args: &[&str]) -> Out {
+    output(Command::new(rdm_bin()).args(args))
+}
+
+/// `rdm ARGS`, which must succeed; returns stdout.
+pub fn rdm_ok(args: &[&str]) -> String {
+    let out = rdm(args);
+    assert!(out.ok(), "rdm {args:?} failed: {out}");
+    out.stdout
+}
+
+/// `rdm ARGS --json` (must succeed), parsed.
+pub fn rdm_json(args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let text = rdm_ok(&a);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("rdm {a:?}: bad JSON ({e}): {text}"))
+}
+
+/// The entry of `rdm ls --json` for `name`, if any.
+pub fn ls_entry(name: &str) -> Option<serde_json::Value> {
+    let ls = rdm_json(&["ls"]);
+    let arr = ls.as_array().unwrap_or_else(|| panic!("ls --json: {ls}"));
+    arr.iter().find(|d| d["name"] == name).cloned()
+}
+
+/// The ublk nodes in /dev (`ublkbN`, `ublkcN`), to check that a failed
+/// command left none behind.
+pub fn ublk_nodes() -> BTreeSet<String> {
+    std::fs::read_dir("/dev")
+        .expect("read /dev")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ublkb") || n.starts_with("ublkc"))
+        .collect()
+}
+
+/// Asserts nothing of device `name` remains: no `rdm ls` entry, no state
+/// or socket in the run directory, no ublk nodes beyond `nodes_before`.
+pub fn assert_no_trace(name: &str, nodes_before: &BTreeSet<String>) {
+    assert_eq!(ls_entry(name), None, "`rdm ls` still lists {name}");
+    let run =
+        std::env::var_os("RDM_RUN_DIR").map_or_else(|| PathBuf::from("/run/rdm"), PathBuf::from);
+    for ext in ["json", "sock"] {
+        let p = run.join(format!("{name}.{ext}"));
+        assert!(!p.exists(), "stale {} left behind", p.display());
+    }
+    let now = ublk_nodes();
+    let extra: Vec<_> = now.difference(nodes_before).collect();
+    assert!(extra.is_empty(), "orphan ublk nodes: {extra:?}");
+}
+
+/// Waits until `path` is gone.
+pub fn wait_gone(path: impl AsRef<Path>, timeout: Duration) {
+    let path = path.as_ref();
+    let start = Instant::now();
+    while path.exists() {
+        if start.elapsed() > timeout {
+            panic!(
+                "timed out after {timeout:?} waiting for {} to go",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A live rdm device, created by `rdm create --json`; removed (with
+/// `--force`) when dropped, also when the test panics.
+#[derive(Debug)]
+pub struct Device {
+    pub name: String,
+    pub dev_id: u64,
+    pub bdev: PathBuf,
+    pub mode: String,
+    removed: bool,
+}
+
+impl Device {
+    /// `rdm create NAME --table TABLE --json ARGS`; panics if it fails.
+    pub fn create(name: &str, table: &str, args: &[&str]) -> Device {
+        Device::try_create(name, table, args)
+            .unwrap_or_else(|out| panic!("rdm create {name} --table {table:?} {args:?}: {out}"))
+    }
+
+    /// Like [`Device::create`] but returns the failed outcome.
+    pub fn try_create(name: &str, table: &str, args: &[&str]) -> Result<Device, Out> {
+        let mut a = vec!["create", name, "--table", table, "--json"];
+        a.extend_from_slice(args);
+        let out = rdm(&a);
+        if !out.ok() {
+            return Err(out);
+        }
+        let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("rdm create --json: bad JSON ({e}): {out}"));
+        let dev = Device {
+            name: v["name"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no name: {v}"))
+                .into(),
+            dev_id: v["dev_id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no dev_id: {v}")),
+            bdev: v["bdev"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no bdev: {v}"))
+                .into(),
+            mode: v["mode"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no mode: {v}"))
+                .into(),
+            removed: false,
+        };
+        assert_eq!(dev.name, name, "{v}");
+        assert_eq!(
+            dev.bdev,
+            PathBuf::from(format!("/dev/ublkb{}", dev.dev_id)),
+            "{v}"
+        );
+        // `rdm create` returns once the device is live; no udev in the guest,
+        // so give devtmpfs a moment for the node.
+        wait_for_path(&dev.bdev, Duration::from_secs(10));
+        Ok(dev)
+    }
+
+    /// `rdm create` in data-path mode `zero_copy` ("on"/"off"); checks the
+    /// reported mode.
+    pub fn create_in_mode(name: &str, table: &str, zero_copy: &str, args: &[&str]) -> Device {
+        let mut a = vec!["--zero-copy", zero_copy];
+        a.extend_from_slice(args);
+        let dev = Device::create(name, table, &a);
+        assert_eq!(dev.mode, mode_name(zero_copy), "mode of {name}");
+        dev
+    }
+
+    pub fn bdev_str(&self) -> &str {
+        self.bdev.to_str().expect("utf-8 path")
+    }
+
+    /// `rdm status NAME --json`.
+    pub fn status(&self) -> serde_json::Value {
+        rdm_json(&["status", &self.name])
+    }
+
+    /// `rdm remove NAME` (without --force), which must succeed and leave
+    /// no block device behind.
+    pub fn remove(mut self) {
+        self.removed = true;
+        rdm_ok(&["remove", &self.name]);
+        assert!(
+            !self.bdev.exists(),
+            "{} still exists after `rdm remove` returned",
+            self.bdev.display()
+        );
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if !self.removed {
+            let out = rdm(&["remove", "--force", &self.name]);
+            if !out.ok() {
+                eprintln!("cleanup: rdm remove --force {}: {out}", self.name);
+            }
+        }
+    }
+}
+
+/// A scratch directory under /tmp (tmpfs in the guest: keep it small),
+/// removed when dropped.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let dir = PathBuf::from(format!("/tmp/rdm-test-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch { dir }
+    }
+
+    /// A sparse file of `size` bytes; returns its path as a string.
+    pub fn file(&self, name: &str, size: u64) -> String {
+        let p = self.dir.join(name);
+        File::create(&p)
+            .and_then(|f| f.set_len(size))
+            .unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+        p.to_str().expect("utf-8 path").to_string()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // A failed test may have left something mounted here.
+        let _ = Command::new("umount").arg("-R").arg(&self.dir).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loop device over a file (direct I/O where the file system allows),
+/// detached when dropped.
+pub struct Loop {
+    pub dev: String,
+}
+
+impl Loop {
+    pub fn new(file: &str) -> Loop {
+        let out = output(Command::new("losetup").args(["-f", "--show", "--direct-io=on", file]));
+        let dev = if out.ok() {
+            out.stdout
+        } else {
+            sh("losetup", &["-f", "--show", file])
+        };
+        let dev = dev.trim().to_string();
+        wait_for_path(&dev, Duration::from_secs(10));
+        Loop { dev }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).output();
+    }
+}
+
+/// A kernel device-mapper device (`dmsetup create`), removed when dropped.
+pub struct Dm {
+    pub name: String,
+    pub dev: String,
+}
+
+impl Dm {
+    pub fn new(name: &str, table: &str) -> Dm {
+        // dmsetup reads one table line per line.
+        let table = table.replace(';', "\n");
+        if table.contains(" zero") {
+            load_module("dm-zero");
+        }
+        run(dmsetup().args(["create", name, "--table", &table]));
+        let dev = format!("/dev/mapper/{name}");
+        wait_for_path(&dev, Duration::from_secs(10));
+        Dm {
+            name: name.to_string(),
+            dev,
+        }
+    }
+}
+
+impl Drop for Dm {
+    fn drop(&mut self) {
+        let _ = dmsetup().args(["remove", &self.name]).output();
+    }
+}
+
+/// Loads a kernel module the rig did not (e.g. dm-zero), from the guest
+/// kernel's tree: `$RDM_KROOT`, else `target/vm/kernels/*/$(uname -r)` of
+/// this workspace (the guest sees the host's tree at the same path).
+pub fn load_module(module: &str) {
+    let modname = module.replace('-', "_");
+    let loaded = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+    if loaded
+        .lines()
+        .any(|l| l.split(' ').next() == Some(modname.as_str()))
+    {
+        return;
+    }
+    let rel = kernel_release();
+    let mut roots: Vec<PathBuf> = std::env::var_os("RDM_KROOT")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm/kernels");
+    if let Ok(rd) = std::fs::read_dir(kernels) {
+        roots.extend(rd.filter_map(|e| e.ok()).map(|e| e.path().join(&rel)));
+    }
+    let empty = Path::new("/run/rdm-tests-empty-modprobe.d");
+    let _ = std::fs::create_dir_all(empty);
+    let mut tried = Vec::new();
+    for root in roots.iter().filter(|r| r.exists()) {
+        let out = output(
+            Command::new("modprobe")
+                .arg("-C")
+                .arg(empty)
+                .arg("-d")
+                .arg(root)
+                .args(["-S", &rel, module]),
+        );
+        if out.ok() {
+            return;
+        }
+        tried.push(format!("{}: {out}", root.display()));
+    }
+    panic!("cannot load kernel module {module}: {tried:?}");
+}
+
+/// Runs fio against `dev` with io_uring, O_DIRECT and `args`; panics with
+/// fio's output if it fails. Returns its output.
+pub fn fio(dev: &str, args: &[&str]) -> String {
+    let out = try_fio(dev, args);
+    assert!(out.ok(), "fio on {dev} {args:?} failed: {out}");
+    out.stdout
+}
+
+/// Like [`fio`] but returns the outcome.
+pub fn try_fio(dev: &str, args: &[&str]) -> Out {
+    let mut c = Command::new("fio");
+    c.args([
+        "--name=rdm",
+        &format!("--filename={dev}"),
+        "--ioengine=io_uring",
+        "--direct=1",
+        "--iodepth=32",
+    ])
+    .args(args);
+    output(&mut c)
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), different per `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Panics unless `got == want`, naming the first differing byte.
+pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: first difference at byte {i} (sector {}): got {:#04x}, want {:#04x}",
+            i / 512,
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// Drops clean page cache, so later buffered reads hit the devices.
+pub fn drop_caches() {
+    let _ = Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches");
+}
+
+/// Writes `data` at `offset` of a block device (buffered), then fsyncs.
+pub fn write_dev(dev: &str, offset: u64, data: &[u8]) {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .unwrap_or_else(|e| panic!("open {dev}: {e}"));
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        f.write_all_at(chunk, offset + (i as u64) * (1 << 20))
+            .unwrap_or_else(|e| panic!("write {dev}: {e}"));
+    }
+    f.sync_all().unwrap_or_else(|e| panic!("fsync {dev}: {e}"));
+}
+
+/// Reads `len` bytes at `offset` of a file or device (buffered).
+pub fn read_at(path: &str, offset: u64, len: usize) -> Vec<u8> {
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    let mut v = vec![0u8; len];
+    f.read_exact_at(&mut v, offset)
+        .unwrap_or_else(|e| panic!("read {path} at {offset}: {e}"));
+    v
+}
+
+/// A 4 KiB-aligned buffer for O_DIRECT.
+pub struct Aligned {
+    raw: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl Aligned {
+    pub fn new(len: usize) -> Aligned {
+        let raw = vec![0u8; len + 4096];
+        let off = raw.as_ptr().align_offset(4096);
+        Aligned { raw, off, len }
+    }
+    pub fn from(data: &[u8]) -> Aligned {
+        let mut a = Aligned::new(data.len());
+        a.bytes_mut().copy_from_slice(data);
+        a
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.raw[self.off..self.off + self.len]
+    }
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.off..self.off + self.len]
+    }
+}
+
+/// One O_DIRECT (plus `extra_flags`, e.g. `O_SYNC`) write of `data` at
+/// `offset` (both 4 KiB-aligned).
+pub fn pwrite_direct(
+    path: &str,
+    offset: u64,
+    data: &[u8],
+    extra_flags: i32,
+) -> std::io::Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT | extra_flags)
+        .open(path)?;
+    let buf = Aligned::from(data);
+    f.write_all_at(buf.bytes(), offset)
+}
+
+/// One O_DIRECT read of `len` bytes at `offset` (both 4 KiB-aligned).
+pub fn pread_direct(path: &str, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    let mut buf = Aligned::new(len);
+    f.read_exact_at(buf.bytes_mut(), offset)?;
+    Ok(buf.bytes().to_vec())
+}
+
+/// Size of a block device in bytes (`blockdev --getsize64`).
+pub fn dev_size(dev: &str) -> u64 {
+    sh("blockdev", &["--getsize64", dev])
+        .trim()
+        .parse()
+        .expect("blockdev --getsize64 prints a number")
 }

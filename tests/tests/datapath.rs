@@ -1,0 +1,296 @@
+//! The data path against real kernels: fio with verification over linear,
+//! striped and multi-segment tables, byte-for-byte agreement with kernel
+//! device-mapper over the same files, and an ext4 that survives
+//! `rdm remove` + `rdm create`. Every test runs in each data-path mode the
+//! kernel offers (copy; zero copy too on 6.16+).
+
+use rdm_tests::*;
+
+const MIB: u64 = 1 << 20;
+
+/// fio: random writes, then read back and check every block (crc32c), in
+/// `region` (fio `--offset`/`--size` options): 4 KiB blocks, then a mix of
+/// 4 KiB to 512 KiB.
+fn fio_verify(dev: &str, region: &[&str]) {
+    let common = [
+        "--rw=randwrite",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+    ];
+    let small = ["--bs=4k", "--io_size=2M"];
+    let mixed = [
+        "--bssplit=4k/30:16k/20:64k/20:128k/15:512k/15",
+        "--io_size=8M",
+    ];
+    for shape in [&small[..], &mixed[..]] {
+        let args: Vec<&str> = common.iter().chain(shape).chain(region).copied().collect();
+        fio(dev, &args);
+    }
+}
+
+#[test]
+fn fio_verify_linear() {
+    if !require_ublk() {
+        return;
+    }
+    let s = Scratch::new("fio-linear");
+    let a = s.file("a.img", 64 * MIB);
+    // Start at 1 MiB into the file: offsets must be honoured.
+    let table = format!("0 122880 linear {a} 2048");
+    for zc in modes() {
+        let dev = Device::create_in_mode(&format!("dp-lin-{zc}"), &table, zc, &[]);
+        assert_eq!(dev_size(dev.bdev_str()), 122880 * 512);
+        fio_verify(dev.bdev_str(), &["--size=60M"]);
+        dev.remove();
+    }
+}
+
+#[test]
+fn fio_verify_striped() {
+    if !require_ublk() {
+        return;
+    }
+    let s = Scratch::new("fio-striped");
+    let f: Vec<String> = (0..4)
+        .map(|i| s.file(&format!("s{i}.img"), 16 * MIB))
+        .collect();
+    // 4 stripes, 64 KiB chunks, 64 MiB.
+    let table = format!(
+        "0 131072 striped 4 128 {} 0 {} 0 {} 0 {} 0",
+        f[0], f[1], f[2], f[3]
+    );
+    for zc in modes() {
+        let dev = Device::create_in_mode(
+            &format!("dp-str-{zc}"),
+            &table,
+            zc,
+            &["--queues", "2", "--depth", "64"],
+        );
+        assert_eq!(dev_size(dev.bdev_str()), 64 * MIB);
+        fio_verify(dev.bdev_str(), &["--size=64M"]);
+        dev.remove();
+    }
+}
+
+#[test]
+fn fio_verify_multi_segment() {
+    if !require_ublk() {
+        return;
+    }
+    let s = Scratch::new("fio-multi");
+    let a = s.file("a.img", 24 * MIB);
+    let f: Vec<String> = (0..4)
+        .map(|i| s.file(&format!("s{i}.img"), 6 * MIB))
+        .collect();
+    // 24 MiB linear, 24 MiB striped (4 x 64 KiB), 8 MiB zero.
+    let table = format!(
+        "0 49152 linear {a} 0; 49152 49152 striped 4 128 {} 0 {} 0 {} 0 {} 0; 98304 16384 zero",
+        f[0], f[1], f[2], f[3]
+    );
+    let zero_off = 48 * MIB;
+    let zero_len = 8 * MIB as usize;
+    for zc in modes() {
+        let dev = Device::create_in_mode(&format!("dp-multi-{zc}"), &table, zc, &[]);
+        let bdev = dev.bdev_str();
+        assert_eq!(dev_size(bdev), 56 * MIB);
+        // fio only on linear + striped: it checks what it reads back.
+        fio_verify(bdev, &["--offset=0", "--size=48M"]);
+        // The zero segment reads zeros, also after writes to it (dropped).
+        let zeros = vec![0u8; zero_len];
+        let got = pread_direct(bdev, zero_off, zero_len).expect("read the zero segment");
+        assert_same_bytes(&got, &zeros, "zero segment before writes");
+        pwrite_direct(bdev, zero_off, &random_bytes(zero_len, 9), libc::O_SYNC)
+            .expect("writes to the zero segment succeed");
+        let got = pread_direct(bdev, zero_off, zero_len).expect("read the zero segment");
+        assert_same_bytes(&got, &zeros, "zero segment after writes");
+        // A request straddling striped and zero: the striped half is kept.
+        let data = random_bytes(128 * 1024, 10);
+        pwrite_direct(bdev, zero_off - 64 * 1024, &data, libc::O_SYNC).expect("straddling write");
+        let got = pread_direct(bdev, zero_off - 64 * 1024, 128 * 1024).expect("straddling read");
+        let mut want = data[..64 * 1024].to_vec();
+        want.resize(128 * 1024, 0);
+        assert_same_bytes(&got, &want, "write across the striped/zero boundary");
+        dev.remove();
+    }
+}
+
+/// Writes random bytes through rdm and reads them through kernel dm over
+/// loop devices of the same files, then the other way round. `files` are
+/// the backing files in the order `table` names them as `{0}`, `{1}`…;
+/// `zero` is a byte range that must read as zeros (a zero segment).
+fn crosscheck(tag: &str, table_tpl: &str, files: &[String], zero: Option<(usize, usize)>) {
+    let fill = |tpl: &str, devs: &[String]| {
+        let mut t = tpl.to_string();
+        for (i, d) in devs.iter().enumerate() {
+            t = t.replace(&format!("{{{i}}}"), d);
+        }
+        t
+    };
+    let rdm_table = fill(table_tpl, files);
+    for (round, zc) in modes().into_iter().enumerate() {
+        let name = format!("dp-x-{tag}-{zc}");
+        let seed = 100 + 2 * round as u64;
+        let expect = |seed| {
+            let dev_len = size_of_table(&rdm_table);
+            let mut v = random_bytes(dev_len, seed);
+            if let Some((off, len)) = zero {
+                v[off..off + len].fill(0);
+            }
+            v
+        };
+
+        // rdm -> dm
+        let dev = Device::create_in_mode(&name, &rdm_table, zc, &[]);
+        let len = dev_size(dev.bdev_str()) as usize;
+        assert_eq!(len, size_of_table(&rdm_table), "device size");
+        write_dev(dev.bdev_str(), 0, &random_bytes(len, seed));
+        dev.remove();
+        {
+            let loops: Vec<Loop> = files.iter().map(|f| Loop::new(f)).collect();
+            let devs: Vec<String> = loops.iter().map(|l| l.dev.clone()).collect();
+            let dm = Dm::new(&format!("rdm-x-{tag}"), &fill(table_tpl, &devs));
+            assert_eq!(dev_size(&dm.dev) as usize, len, "dm device size");
+            let got = read_at(&dm.dev, 0, len);
+            assert_same_bytes(
+                &got,
+                &expect(seed),
+                &format!("{tag} ({zc}): written by rdm, read by dm"),
+            );
+
+            // dm -> rdm
+            write_dev(&dm.dev, 0, &random_bytes(len, seed + 1));
+        }
+        drop_caches();
+        let dev = Device::create_in_mode(&name, &rdm_table, zc, &[]);
+        let got = read_at(dev.bdev_str(), 0, len);
+        assert_same_bytes(
+            &got,
+            &expect(seed + 1),
+            &format!("{tag} ({zc}): written by dm, read by rdm"),
+        );
+        dev.remove();
+    }
+}
+
+/// Total length in bytes of a table (`;`-separated lines).
+fn size_of_table(table: &str) -> usize {
+    table
+        .split(';')
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|n| n.parse::<usize>().expect("length") * 512)
+        .sum()
+}
+
+#[test]
+fn dm_crosscheck_linear() {
+    if !require_ublk() {
+        return;
+    }
+    let s = Scratch::new("x-linear");
+    let files = vec![s.file("a.img", 24 * MIB)];
+    // 8 MiB starting 1 MiB + 3 sectors into the file.
+    crosscheck("linear", "0 16384 linear {0} 2051", &files, None);
+}
+
+#[test]
+fn dm_crosscheck_striped() {
+    if !require_ublk() {
+        return;
+    }
+    let s = Scratch::new("x-striped");
+    let files: Vec<String> = (0..4)
+        .map(|i| s.file(&format!("s{i}.img"), 5 * MIB))
+        .collect();
+    crosscheck(
+        "striped",
+        "0 16384 striped 4 128 {0} 0 {1} 2048 {2} 8 {3} 0",
+        &files,
+        None,
+    );
+}
+
+#[test]
+fn dm_crosscheck_multi_segment() {
+    if !require_ublk() {
+        return;
+    }
+    let s = Scratch::new("x-multi");
+    let mut files = vec![s.file("a.img", 16 * MIB)];
+    files.extend((0..4).map(|i| s.file(&format!("s{i}.img"), 4 * MIB)));
+    // linear, striped 4 x 64 KiB, zero, linear again (same file, further
+    // on), striped 3 x 12 KiB (a chunk that is no power of two) on the
+    // upper halves of three stripe files.
+    let table = "0 8192 linear {0} 2048; \
+                 8192 16384 striped 4 128 {1} 0 {2} 0 {3} 0 {4} 0; \
+                 24576 4096 zero; \
+                 28672 8192 linear {0} 16384; \
+                 36864 7200 striped 3 24 {1} 4096 {2} 4096 {3} 4096";
+    crosscheck("multi", table, &files, Some((24576 * 512, 4096 * 512)));
+}
+
+#[test]
+fn ext4_survives_remove_and_recreate() {
+    if !require_ublk() {
+        return;
+    }
+    let s = Scratch::new("ext4");
+    let a = s.file("a.img", 40 * MIB);
+    let f: Vec<String> = (0..2)
+        .map(|i| s.file(&format!("s{i}.img"), 16 * MIB))
+        .collect();
+    // 32 MiB linear + 32 MiB striped x 2.
+    let table = format!(
+        "0 65536 linear {a} 8192; 65536 65536 striped 2 128 {} 0 {} 0",
+        f[0], f[1]
+    );
+    let mnt = s.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mnt_s = mnt.to_str().unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..12u64)
+        .map(|i| {
+            let len = [1000, 4096, 65536, 300_000, 1 << 20, 3 << 20][i as usize % 6] + i as usize;
+            (format!("f{i}"), random_bytes(len, 1000 + i))
+        })
+        .collect();
+    let modes = modes();
+    // Write in the first mode, read back in the last (copy vs zero copy
+    // where the kernel has both).
+    let first = modes[0];
+    let last = *modes.last().unwrap();
+
+    let dev = Device::create_in_mode("dp-ext4", &table, first, &[]);
+    sh("mkfs.ext4", &["-q", "-F", dev.bdev_str()]);
+    sh("mount", &[dev.bdev_str(), mnt_s]);
+    let mounted = Mounted(mnt_s.to_string());
+    std::fs::create_dir(mnt.join("d")).unwrap();
+    for (name, data) in &files {
+        std::fs::write(mnt.join("d").join(name), data).unwrap();
+    }
+    drop(mounted);
+    dev.remove();
+
+    let dev = Device::create_in_mode("dp-ext4", &table, last, &[]);
+    sh("mount", &[dev.bdev_str(), mnt_s]);
+    let mounted = Mounted(mnt_s.to_string());
+    for (name, data) in &files {
+        let got = std::fs::read(mnt.join("d").join(name)).unwrap();
+        assert_same_bytes(&got, data, &format!("file {name} after remove + create"));
+    }
+    drop(mounted);
+    let fsck = output(std::process::Command::new("e2fsck").args(["-fn", dev.bdev_str()]));
+    assert!(fsck.ok(), "e2fsck -fn found problems: {fsck}");
+    dev.remove();
+}
+
+/// Unmounts when dropped (also when the test panics).
+struct Mounted(String);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let out = output(std::process::Command::new("umount").arg(&self.0));
+        if !out.ok() && !std::thread::panicking() {
+            panic!("umount {}: {out}", self.0);
+        }
+    }
+}
