@@ -1,6 +1,7 @@
 //! Developer tasks for rdm: `cargo xtask vm`, `cargo xtask test`,
 //! `cargo xtask demo`, `cargo xtask ensure-deps`, `cargo xtask fetch-kernels`.
 
+mod bench;
 mod deps;
 mod kernel;
 mod test;
@@ -27,8 +28,8 @@ enum Cmd {
     Vm {
         #[arg(long, value_enum, default_value = "6.12")]
         kernel: Flavor,
-        /// Add an emulated NVDIMM backed by a fresh image of SIZE (e.g. 512M);
-        /// images stay in target/vm/pmem/pmemN.img. Repeatable.
+        /// Add an emulated NVDIMM backed by a fresh image of SIZE (e.g. 512M),
+        /// deleted after the run. Repeatable.
         #[arg(long, value_name = "SIZE", value_parser = util::parse_size)]
         pmem: Vec<u64>,
         /// Add an NVDIMM backed by an existing image (reused as-is, after
@@ -68,6 +69,35 @@ enum Cmd {
     Demo {
         #[arg(long, value_enum, default_value = "latest")]
         kernel: Flavor,
+    },
+    /// Benchmarks: fio over rdm, kernel dm and rublk in one instruction-
+    /// counted guest boot (tools/fio/*.fio); results in target/bench/.
+    /// With --host: the io core alone on this host against fio.
+    Bench {
+        #[arg(long, value_enum, default_value = "latest")]
+        kernel: Flavor,
+        /// Runs per (row, workload); the table shows the median and min–max.
+        #[arg(long, value_name = "N")]
+        reps: Option<u32>,
+        /// Short runs, one rep: finishes in under 10 minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Only the runs whose `ROW/WORKLOAD` contains PATTERN (several:
+        /// comma-separated), e.g. `rdm-linear`, `qd32`, `dm-linear/read-64k`.
+        #[arg(long, value_name = "PATTERN")]
+        only: Option<String>,
+        /// The host-side benchmark of the io core (no ublk, no guest).
+        #[arg(long)]
+        host: bool,
+        /// Guest timeout.
+        #[arg(long, value_name = "SECS", default_value_t = 7200)]
+        timeout: u64,
+        /// Internal: the part that runs inside the guest.
+        #[arg(long, hide = true)]
+        in_guest: bool,
+        /// Only rebuild the report (md, svg, json) from the last runs.
+        #[arg(long)]
+        report_only: bool,
     },
     /// Install the host packages the rig needs.
     EnsureDeps,
@@ -153,6 +183,25 @@ fn real_main() -> Result<i32> {
             Ok(0)
         }
         Cmd::Demo { kernel } => demo(kernel),
+        Cmd::Bench {
+            kernel,
+            reps,
+            quick,
+            only,
+            host,
+            timeout,
+            in_guest,
+            report_only,
+        } => bench::run_bench(&bench::BenchOpts {
+            kernel,
+            reps,
+            quick,
+            only,
+            host,
+            in_guest,
+            report_only,
+            timeout: Duration::from_secs(timeout),
+        }),
         Cmd::EnsureDeps => {
             deps::ensure_host_packages()?;
             Ok(0)

@@ -69,7 +69,7 @@ fn boot(cfg: &VmConfig, run_dir: &Path, ctl: &Path) -> Result<i32> {
     write_ctl(cfg, &tree, ctl)?;
     let initramfs = run_dir.join("initramfs.cpio");
     build_initramfs(k, run_dir, &initramfs)?;
-    let pmem = pmem_images(&cfg.pmem)?;
+    let pmem = pmem_images(&cfg.pmem, run_dir)?;
 
     let mut qemu = Command::new("qemu-system-x86_64");
     let machine = if pmem.is_empty() {
@@ -341,11 +341,11 @@ fn list_tree(base: &Path, rel: &Path, out: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// Image paths and sizes for the NVDIMMs. Fresh images are recreated in
-/// `target/vm/pmem/` and left there afterwards, so a later boot can reuse
-/// one with `--pmem-image` to check persistence.
-fn pmem_images(pmem: &[Pmem]) -> Result<Vec<(PathBuf, u64)>> {
-    let dir = cache_dir().join("pmem");
+/// Image paths and sizes for the NVDIMMs. Fresh images live in this run's
+/// own directory (removed with it), so concurrent guests never share one;
+/// persistence checks pass their own image with `--pmem-image`.
+fn pmem_images(pmem: &[Pmem], run_dir: &Path) -> Result<Vec<(PathBuf, u64)>> {
+    let dir = run_dir.join("pmem");
     let fresh_path = |i: usize| dir.join(format!("pmem{i}.img"));
     // Don't truncate an image that is also being reused in this boot.
     for (i, p) in pmem.iter().enumerate() {
