@@ -128,6 +128,10 @@ impl Engine {
             Counters::add(&self.stats.segments[p.segment].errors, 1);
             return Err(EIO);
         }
+        // Most requests are one piece: no join, no boxed futures.
+        if let [p] = pieces.as_slice() {
+            return self.rw_piece(ring, p, write, fua, buf).await;
+        }
         let results = join_all(
             pieces
                 .iter()
