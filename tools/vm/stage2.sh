@@ -38,6 +38,8 @@ CWD=$(cat "$CTL/cwd")
 	# Only the variables xtask passed through: drop everything else.
 	for v in $(compgen -e); do unset "$v"; done
 	for kv in "${ENVS[@]}"; do export "${kv?}"; done
+	# For a command that must report its own status (it powers off hard).
+	export RDM_VM_CTL="$CTL"
 	exec "${ARGS[@]}"
 ) </dev/console >/dev/console 2>&1
 status=$?

@@ -39,15 +39,13 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
         let rdm_bin = workspace_root().join("target/debug/rdm");
         for &flavor in &opts.kernels {
             let k = kernel::ensure(flavor, false)?;
-            for (name, exe) in &exes {
-                let label = format!("guest {} ({kver}): {name}", flavor.name(), kver = k.kver);
+            let guest = |label: String, exe: &PathBuf, args: &[&str], pmem: Vec<Pmem>| {
                 eprintln!("\n=== {label}");
                 let mut argv = vec![exe.display().to_string(), "--test-threads=1".into()];
-                argv.extend(opts.filter.clone());
+                argv.extend(args.iter().map(|a| a.to_string()));
                 let cfg = VmConfig {
                     kernel: k.clone(),
-                    // Two NVDIMMs: enough for fsdax and devdax at once.
-                    pmem: vec![Pmem::Fresh(512 << 20), Pmem::Fresh(512 << 20)],
+                    pmem,
                     icount: false,
                     timeout: opts.timeout,
                     env: vec![
@@ -67,8 +65,57 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                     Ok(code) => Err(anyhow::anyhow!("exit status {code}")),
                     Err(e) => Err(e),
                 };
-                let label = format!("{label} [{:.0} s]", start.elapsed().as_secs_f64());
-                results.push((label, r));
+                (
+                    format!("{label} [{:.0} s]", start.elapsed().as_secs_f64()),
+                    r,
+                )
+            };
+            let kname = format!("guest {} ({})", flavor.name(), k.kver);
+            for (name, exe) in &exes {
+                let filter: Vec<&str> = opts.filter.iter().map(String::as_str).collect();
+                // Two NVDIMMs: enough for fsdax and devdax at once.
+                let pmem = vec![Pmem::Fresh(512 << 20), Pmem::Fresh(512 << 20)];
+                results.push(guest(format!("{kname}: {name}"), exe, &filter, pmem));
+            }
+            // Persistence: write and power off hard in one boot, check in the
+            // next, on the same pmem image.
+            let wanted = opts
+                .filter
+                .as_ref()
+                .is_none_or(|f| "persist".contains(f.as_str()));
+            if let Some((_, exe)) = exes
+                .iter()
+                .find(|(n, _)| n == "dax_daemon")
+                .filter(|_| wanted)
+            {
+                let img =
+                    workspace_root().join(format!("target/vm/pmem/persist-{}.img", flavor.name()));
+                let fresh = std::fs::create_dir_all(img.parent().expect("has a parent"))
+                    .and_then(|()| std::fs::File::create(&img))
+                    .and_then(|f| f.set_len(512 << 20));
+                if let Err(e) = fresh {
+                    results.push((
+                        format!("{kname}: persistence"),
+                        Err(anyhow::anyhow!("{}: {e}", img.display())),
+                    ));
+                    continue;
+                }
+                for phase in [
+                    "persist_phase1_write_then_hard_stop",
+                    "persist_phase2_verify",
+                ] {
+                    let (label, r) = guest(
+                        format!("{kname}: dax_daemon {phase}"),
+                        exe,
+                        &["--ignored", "--exact", phase],
+                        vec![Pmem::Image(img.clone())],
+                    );
+                    let failed = r.is_err();
+                    results.push((label, r));
+                    if failed {
+                        break;
+                    }
+                }
             }
         }
     }
