@@ -319,33 +319,18 @@ impl DaxEngine {
     /// result is the first error of any piece, and an error segment or a
     /// range beyond the device fails the request before anything is done.
     pub async fn handle<R: Ring>(&self, ring: &R, req: Request, buf: DaxBuf) -> i32 {
-        let nr = u64::from(req.nr_sectors);
         let res = match req.op() {
             op::READ | op::WRITE => self.read_write(ring, req, buf).await,
             op::FLUSH => self.flush(ring).await,
             op::DISCARD | op::WRITE_ZEROES => self.range_op(ring, req).await,
             _ => Err(-libc::EOPNOTSUPP),
         };
-        match res {
-            Ok(()) if matches!(req.op(), op::READ | op::WRITE) => (nr << 9) as i32,
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::debug!(?req, err = e, "dax request failed");
-                e
-            }
-        }
+        req.outcome(res)
     }
 
     async fn read_write<R: Ring>(&self, ring: &R, req: Request, buf: DaxBuf) -> Result<(), i32> {
         let write = req.op() == op::WRITE;
-        let mut pieces = Vec::with_capacity(4);
-        self.table
-            .map(req.sector, u64::from(req.nr_sectors), &mut pieces)
-            .map_err(|_| EIO)?;
-        if let Some(p) = pieces.iter().find(|p| p.kind == PieceKind::Error) {
-            Counters::add(&self.stats.segments[p.segment].errors, 1);
-            return Err(EIO);
-        }
+        let pieces = req.pieces(&self.table, &self.stats, false)?;
         match buf {
             // Plain memory copies: nothing to wait for.
             DaxBuf::User { base } => first_error(
@@ -458,14 +443,7 @@ impl DaxEngine {
     /// where punching is refused, the bytes are zeroed durably.
     async fn range_op<R: Ring>(&self, ring: &R, req: Request) -> Result<(), i32> {
         let discard = req.op() == op::DISCARD;
-        let mut pieces = Vec::with_capacity(4);
-        self.table
-            .map_range(req.sector, u64::from(req.nr_sectors), &mut pieces)
-            .map_err(|_| EIO)?;
-        if let Some(p) = pieces.iter().find(|p| p.kind == PieceKind::Error) {
-            Counters::add(&self.stats.segments[p.segment].errors, 1);
-            return Err(EIO);
-        }
+        let pieces = req.pieces(&self.table, &self.stats, true)?;
         let results = join_all(
             pieces
                 .iter()

@@ -34,6 +34,40 @@ impl Request {
     pub fn op(&self) -> u32 {
         self.op_flags & 0xff
     }
+
+    /// The ublk result of serving this request: bytes for READ/WRITE, 0 for
+    /// the others, or the -errno.
+    pub fn outcome(&self, res: Result<(), i32>) -> i32 {
+        match res {
+            Ok(()) if matches!(self.op(), op::READ | op::WRITE) => {
+                (u64::from(self.nr_sectors) << 9) as i32
+            }
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::debug!(req = ?self, err = e, "request failed");
+                e
+            }
+        }
+    }
+
+    /// Maps the request through `table` (`ranges`: merged per device, for
+    /// DISCARD/WRITE_ZEROES). A request beyond the device or touching an
+    /// error segment fails with EIO before anything of it is done.
+    pub fn pieces(&self, table: &Table, stats: &Stats, ranges: bool) -> Result<Vec<Piece>, i32> {
+        let mut pieces = Vec::with_capacity(4);
+        let (sector, nr) = (self.sector, u64::from(self.nr_sectors));
+        let mapped = if ranges {
+            table.map_range(sector, nr, &mut pieces)
+        } else {
+            table.map(sector, nr, &mut pieces)
+        };
+        mapped.map_err(|_| EIO)?;
+        if let Some(p) = pieces.iter().find(|p| p.kind == PieceKind::Error) {
+            Counters::add(&stats.segments[p.segment].errors, 1);
+            return Err(EIO);
+        }
+        Ok(pieces)
+    }
 }
 
 /// Where a request's data lives, as an io_uring fixed buffer.
@@ -99,35 +133,19 @@ impl Engine {
     /// 0 for the others, or -errno). Never a silent partial success: the
     /// result is the first error of any piece.
     pub async fn handle<R: Ring>(&self, ring: &R, req: Request, buf: Buffer) -> i32 {
-        let nr = u64::from(req.nr_sectors);
         let res = match req.op() {
             op::READ | op::WRITE => self.read_write(ring, req, buf).await,
             op::FLUSH => self.flush(ring).await,
             op::DISCARD | op::WRITE_ZEROES => self.range_op(ring, req).await,
             _ => Err(-libc::EOPNOTSUPP),
         };
-        match res {
-            Ok(()) if matches!(req.op(), op::READ | op::WRITE) => (nr << 9) as i32,
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::debug!(?req, err = e, "request failed");
-                e
-            }
-        }
+        req.outcome(res)
     }
 
     async fn read_write<R: Ring>(&self, ring: &R, req: Request, buf: Buffer) -> Result<(), i32> {
         let write = req.op() == op::WRITE;
         let fua = write && req.op_flags & op::F_FUA != 0;
-        let mut pieces = Vec::with_capacity(4);
-        self.table
-            .map(req.sector, u64::from(req.nr_sectors), &mut pieces)
-            .map_err(|_| EIO)?;
-        // An error segment fails the request before anything is done.
-        if let Some(p) = pieces.iter().find(|p| p.kind == PieceKind::Error) {
-            Counters::add(&self.stats.segments[p.segment].errors, 1);
-            return Err(EIO);
-        }
+        let pieces = req.pieces(&self.table, &self.stats, false)?;
         // Most requests are one piece: no join, no boxed futures.
         if let [p] = pieces.as_slice() {
             return self.rw_piece(ring, p, write, fua, buf).await;
@@ -228,10 +246,7 @@ impl Engine {
     /// instead where the file system refuses ZERO_RANGE (tmpfs).
     async fn range_op<R: Ring>(&self, ring: &R, req: Request) -> Result<(), i32> {
         let discard = req.op() == op::DISCARD;
-        let mut pieces = Vec::with_capacity(4);
-        self.table
-            .map_range(req.sector, u64::from(req.nr_sectors), &mut pieces)
-            .map_err(|_| EIO)?;
+        let pieces = req.pieces(&self.table, &self.stats, true)?;
         let results = join_all(
             pieces
                 .iter()
@@ -245,12 +260,10 @@ impl Engine {
                         },
                         1,
                     );
+                    // Zero segments have nothing to discard (error
+                    // segments were refused before anything was done).
                     let PieceKind::Io { dev, dev_offset } = p.kind else {
-                        return if p.kind == PieceKind::Error {
-                            Err(EIO)
-                        } else {
-                            Ok(())
-                        };
+                        return Ok(());
                     };
                     let d = &self.stats.devices[dev];
                     Counters::add(
