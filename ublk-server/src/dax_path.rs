@@ -449,22 +449,12 @@ impl DaxEngine {
                 .iter()
                 .map(|p| async move {
                     let seg = &self.stats.segments[p.segment];
-                    let which = |c: &Counters| {
-                        Counters::add(
-                            if discard {
-                                &c.discards
-                            } else {
-                                &c.write_zeroes
-                            },
-                            1,
-                        )
-                    };
-                    which(seg);
+                    seg.count_range_op(discard);
                     let PieceKind::Io { dev, dev_offset } = p.kind else {
                         return Ok(());
                     };
                     let d = &self.stats.devices[dev];
-                    which(d);
+                    d.count_range_op(discard);
                     let r = self.zero_range(ring, dev, dev_offset, p.len).await;
                     if r.is_err() {
                         Counters::add(&d.errors, 1);

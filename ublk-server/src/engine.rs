@@ -252,28 +252,14 @@ impl Engine {
                 .iter()
                 .map(|p| async move {
                     let seg = &self.stats.segments[p.segment];
-                    Counters::add(
-                        if discard {
-                            &seg.discards
-                        } else {
-                            &seg.write_zeroes
-                        },
-                        1,
-                    );
+                    seg.count_range_op(discard);
                     // Zero segments have nothing to discard (error
                     // segments were refused before anything was done).
                     let PieceKind::Io { dev, dev_offset } = p.kind else {
                         return Ok(());
                     };
                     let d = &self.stats.devices[dev];
-                    Counters::add(
-                        if discard {
-                            &d.discards
-                        } else {
-                            &d.write_zeroes
-                        },
-                        1,
-                    );
+                    d.count_range_op(discard);
                     let fd = types::Fixed(self.backing[dev].fixed);
                     let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
                     let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;

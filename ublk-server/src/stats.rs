@@ -35,6 +35,18 @@ impl Counters {
         c.fetch_add(n, Relaxed);
     }
 
+    /// Counts one DISCARD (`discard`) or WRITE_ZEROES piece.
+    pub fn count_range_op(&self, discard: bool) {
+        Self::add(
+            if discard {
+                &self.discards
+            } else {
+                &self.write_zeroes
+            },
+            1,
+        );
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             reads: self.reads.load(Relaxed),
