@@ -32,7 +32,7 @@ else
 fi
 run truncate -s 64M "$store/lin.img" "$store/s0.img" "$store/s1.img"
 
-step "create: 64 MiB linear + 128 MiB striped over two files in 64 KiB chunks"
+step "create: 64 MiB linear + 128 MiB striped over two files in 64 KiB chunks (DAX path when the files are on fs-dax)"
 table="0 131072 linear $store/lin.img 0
 131072 262144 striped 2 128 $store/s0.img 0 $store/s1.img 0"
 printf '%s\n' "$table"

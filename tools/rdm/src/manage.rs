@@ -197,14 +197,19 @@ pub fn status(name: &str, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{}: {} {}, mode {}, {} queue(s) × depth {}, block size {}",
+        "{}: {} {}, mode {}, {} queue(s) × depth {}, block size {}{}",
         name,
         v["bdev"].as_str().unwrap_or("-"),
         human(v["size_bytes"].as_u64().unwrap_or(0)),
         v["mode"].as_str().unwrap_or("-"),
         v["queues"],
         v["depth"],
-        v["block_size"]
+        v["block_size"],
+        match (v["dax"]["active"].as_bool(), v["dax"]["reason"].as_str()) {
+            (Some(true), _) => ", DAX active".to_string(),
+            (_, Some(why)) => format!(", DAX inactive: {why}"),
+            _ => String::new(),
+        }
     );
     let stats = |s: &serde_json::Value| {
         format!(
@@ -231,14 +236,10 @@ pub fn status(name: &str, json: bool) -> Result<(), CliError> {
     }
     for d in v["devices"].as_array().into_iter().flatten() {
         println!(
-            "  device {} [{}{}]: {}",
+            "  device {} [{}, {}]: {}",
             d["path"].as_str().unwrap_or("?"),
             d["health"].as_str().unwrap_or("?"),
-            if d["direct"].as_bool() == Some(true) {
-                ", O_DIRECT"
-            } else {
-                ", buffered"
-            },
+            d["access"].as_str().unwrap_or("?"),
             stats(&d["stats"])
         );
     }
