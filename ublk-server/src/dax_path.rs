@@ -36,7 +36,7 @@ use rdm_targets::{Piece, PieceKind, Table, Target};
 use serde::Serialize;
 
 use crate::engine::{op, Request};
-use crate::ring::{join_all, Ring};
+use crate::ring::{first_error, join_all, transfer_all, Ring};
 use crate::stats::{Counters, Stats};
 
 /// `--dax`: whether to serve through the DAX path.
@@ -567,18 +567,13 @@ async fn user_copy<R: Ring>(
         }
     }
     .map_err(dax_errno)?;
-    let mut done = 0usize;
-    let mut retries = 0;
-    while done < len {
-        let pos = libublk::io::UblkIOCtx::ublk_user_copy_pos(
-            q_id,
-            tag,
-            (p.buf_offset as usize + done) as u32,
-        );
-        let n = (len - done) as u32;
+    transfer_all(ring, p.len, |done| {
+        let pos =
+            libublk::io::UblkIOCtx::ublk_user_copy_pos(q_id, tag, (p.buf_offset + done) as u32);
+        let n = (p.len - done) as u32;
         // SAFETY: `done < len`, inside the checked range.
-        let at = unsafe { base.add(done) };
-        let sqe = if write {
+        let at = unsafe { base.add(done as usize) };
+        if write {
             opcode::Read::new(types::Fixed(cdev), at, n)
                 .offset(pos)
                 .build()
@@ -586,14 +581,9 @@ async fn user_copy<R: Ring>(
             opcode::Write::new(types::Fixed(cdev), at, n)
                 .offset(pos)
                 .build()
-        };
-        match ring.submit(sqe).await {
-            r if r > 0 => done += r as usize,
-            r if (r == -libc::EAGAIN || r == -libc::EINTR) && retries < 8 => retries += 1,
-            0 => return Err(EIO),
-            r => return Err(r),
         }
-    }
+    })
+    .await?;
     if write {
         m.persist(dev_offset, len as u64).map_err(dax_errno)?;
     }
@@ -606,31 +596,15 @@ async fn user_copy_zeros<R: Ring>(
     p: &Piece,
     (cdev, q_id, tag): (u32, u16, u16),
 ) -> Result<(), i32> {
-    let len = p.len as usize;
-    let mut done = 0usize;
-    let mut retries = 0;
-    while done < len {
-        let pos = libublk::io::UblkIOCtx::ublk_user_copy_pos(
-            q_id,
-            tag,
-            (p.buf_offset as usize + done) as u32,
-        );
-        let n = (len - done).min(ZEROS.len()) as u32;
-        let sqe = opcode::Write::new(types::Fixed(cdev), ZEROS.as_ptr(), n)
+    transfer_all(ring, p.len, |done| {
+        let pos =
+            libublk::io::UblkIOCtx::ublk_user_copy_pos(q_id, tag, (p.buf_offset + done) as u32);
+        let n = (p.len - done).min(ZEROS.len() as u64) as u32;
+        opcode::Write::new(types::Fixed(cdev), ZEROS.as_ptr(), n)
             .offset(pos)
-            .build();
-        match ring.submit(sqe).await {
-            r if r > 0 => done += r as usize,
-            r if (r == -libc::EAGAIN || r == -libc::EINTR) && retries < 8 => retries += 1,
-            0 => return Err(EIO),
-            r => return Err(r),
-        }
-    }
-    Ok(())
-}
-
-fn first_error(results: Vec<Result<(), i32>>) -> Result<(), i32> {
-    results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+            .build()
+    })
+    .await
 }
 
 impl fmt::Display for DaxPolicy {

@@ -5,10 +5,10 @@
 //! `rdm_targets::Table::map` splits it, and each piece becomes a
 //! READ_FIXED/WRITE_FIXED (or fsync/fallocate) on a fixed backing file.
 
-use io_uring::{opcode, squeue, types};
+use io_uring::{opcode, types};
 use rdm_targets::{Piece, PieceKind, Table};
 
-use crate::ring::{join_all, Ring};
+use crate::ring::{first_error, join_all, transfer_all, Ring};
 use crate::stats::{Counters, Stats};
 
 /// ublk operation codes (`UBLK_IO_OP_*` in ublk_cmd.h).
@@ -289,9 +289,9 @@ impl Engine {
     }
 }
 
-/// Moves one piece between the request buffer and a fixed file, resubmitting
-/// the rest after a short transfer; end of file is an error (the table was
-/// checked against the file size, so the file shrank).
+/// Moves one piece between the request buffer and a fixed file; end of
+/// file is an error (the table was checked against the file size, so the
+/// file shrank).
 async fn transfer<R: Ring>(
     ring: &R,
     fd: types::Fixed,
@@ -301,12 +301,10 @@ async fn transfer<R: Ring>(
     fua: bool,
     buf: Buffer,
 ) -> Result<(), i32> {
-    let mut done = 0u64;
-    let mut retries = 0;
-    while done < p.len {
+    transfer_all(ring, p.len, |done| {
         let addr = buf.addr(p.buf_offset + done);
         let len = (p.len - done) as u32;
-        let sqe: squeue::Entry = if write {
+        if write {
             opcode::WriteFixed::new(fd, addr as *const u8, len, buf.index())
                 .offset(dev_offset + done)
                 .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
@@ -315,18 +313,7 @@ async fn transfer<R: Ring>(
             opcode::ReadFixed::new(fd, addr as *mut u8, len, buf.index())
                 .offset(dev_offset + done)
                 .build()
-        };
-        let r = ring.submit(sqe).await;
-        match r {
-            r if r > 0 => done += r as u64,
-            r if (r == -libc::EAGAIN || r == -libc::EINTR) && retries < 8 => retries += 1,
-            0 => return Err(EIO),
-            r => return Err(r),
         }
-    }
-    Ok(())
-}
-
-fn first_error(results: Vec<Result<(), i32>>) -> Result<(), i32> {
-    results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+    })
+    .await
 }

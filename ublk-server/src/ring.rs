@@ -26,6 +26,33 @@ impl Ring for libublk::io::UblkQueue<'_> {
     }
 }
 
+/// Moves `len` bytes with as many SQEs as it takes: `sqe(done)` builds the
+/// SQE for the rest, from byte `done` on. A short transfer is resubmitted
+/// for the rest, EAGAIN/EINTR are retried (8 times at most), and a transfer
+/// of nothing (end of file) is EIO: never a silent partial success.
+pub async fn transfer_all<R: Ring>(
+    ring: &R,
+    len: u64,
+    mut sqe: impl FnMut(u64) -> squeue::Entry,
+) -> Result<(), i32> {
+    let mut done = 0u64;
+    let mut retries = 0;
+    while done < len {
+        match ring.submit(sqe(done)).await {
+            r if r > 0 => done += r as u64,
+            r if (r == -libc::EAGAIN || r == -libc::EINTR) && retries < 8 => retries += 1,
+            0 => return Err(-libc::EIO),
+            r => return Err(r),
+        }
+    }
+    Ok(())
+}
+
+/// The first error of a set of piece results, or success.
+pub fn first_error(results: Vec<Result<(), i32>>) -> Result<(), i32> {
+    results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+}
+
 /// Polls all futures concurrently and returns their outputs in order: every
 /// piece of a request is in flight at once, none waits for another.
 pub async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
