@@ -337,14 +337,19 @@ impl DaxMapping {
         Ok(())
     }
 
-    /// Zero `len` bytes at `offset` durably (discard / write-zeroes).
-    pub fn fill_zero(&self, offset: u64, len: u64) -> Result<(), DaxError> {
-        let l = usize::try_from(len).map_err(|_| DaxError::OutOfRange {
+    /// `len` as a `usize`, or the out-of-range error a too-long range gets.
+    fn len_usize(&self, offset: u64, len: u64) -> Result<usize, DaxError> {
+        usize::try_from(len).map_err(|_| DaxError::OutOfRange {
             path: self.path.clone(),
             offset,
             len,
             size: self.len as u64,
-        })?;
+        })
+    }
+
+    /// Zero `len` bytes at `offset` durably (discard / write-zeroes).
+    pub fn fill_zero(&self, offset: u64, len: u64) -> Result<(), DaxError> {
+        let l = self.len_usize(offset, len)?;
         let off = self.check_write(offset, l)?;
         // SAFETY: range checked against the live, writable mapping.
         unsafe { self.store(off, None, l, self.strategy) };
@@ -354,12 +359,7 @@ impl DaxMapping {
     /// Make `len` bytes at `offset`, already stored by other means, durable:
     /// write back their cache lines (unless eADR) and fence.
     pub fn persist(&self, offset: u64, len: u64) -> Result<(), DaxError> {
-        let l = usize::try_from(len).map_err(|_| DaxError::OutOfRange {
-            path: self.path.clone(),
-            offset,
-            len,
-            size: self.len as u64,
-        })?;
+        let l = self.len_usize(offset, len)?;
         let off = self.check(offset, l)?;
         // SAFETY: range checked against the live mapping.
         unsafe { arch::flush_range(self.ptr.add(off), l, self.flush) };
@@ -411,12 +411,7 @@ impl DaxMapping {
     /// on device-dax, or where the filesystem cannot punch (`EOPNOTSUPP`),
     /// the bytes are zeroed with [`Self::fill_zero`].
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<(), DaxError> {
-        let l = usize::try_from(len).map_err(|_| DaxError::OutOfRange {
-            path: self.path.clone(),
-            offset,
-            len,
-            size: self.len as u64,
-        })?;
+        let l = self.len_usize(offset, len)?;
         self.check_write(offset, l)?;
         if len == 0 {
             return Ok(());
