@@ -5,6 +5,9 @@
 //! writes it at `ublk_user_copy_pos(q, tag, offset)` exactly as it would the
 //! character device.
 
+mod common;
+use common::{pattern, req};
+
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -14,7 +17,7 @@ use std::rc::Rc;
 use rdm_dax::{DaxMapping, PersistenceDomain};
 use rdm_targets::Table;
 use rdm_ublk_server::dax_path::{decide, DaxBuf, DaxDecisionError, DaxEngine, DaxPolicy};
-use rdm_ublk_server::engine::{op, Request};
+use rdm_ublk_server::engine::op;
 use rdm_ublk_server::ring::{join_all, HostRing};
 
 const FILE: u64 = 4 << 20;
@@ -181,26 +184,6 @@ fn rig() -> Rig {
         engine,
         cdev,
     }
-}
-
-fn req(op: u32, sector: u64, nr: u32) -> Request {
-    Request {
-        op_flags: op,
-        sector,
-        nr_sectors: nr,
-    }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Where device byte `at` (below sector 8192) lives: (file, offset).

@@ -2,6 +2,9 @@
 //! written through the engine land where the table says, read back
 //! identical, and the special ops do what they promise.
 
+mod common;
+use common::{pattern, req};
+
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -10,7 +13,7 @@ use std::rc::Rc;
 
 use rdm_targets::Table;
 use rdm_ublk_server::backing;
-use rdm_ublk_server::engine::{op, Backing, Buffer, Engine, Request};
+use rdm_ublk_server::engine::{op, Backing, Buffer, Engine};
 use rdm_ublk_server::ring::{join_all, HostRing};
 
 const BUF: usize = 1 << 20;
@@ -100,31 +103,11 @@ fn rig(nbufs: usize) -> Rig {
     }
 }
 
-fn req(op: u32, sector: u64, nr: u32) -> Request {
-    Request {
-        op_flags: op,
-        sector,
-        nr_sectors: nr,
-    }
-}
-
 fn user(r: &Rig, i: usize) -> Buffer {
     Buffer::User {
         base: r.bufs[i].ptr,
         index: i as u16,
     }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]
