@@ -22,47 +22,18 @@ pub enum TableErrorKind {
     Syntax,
     #[error("invalid {what} {value:?}: expected a decimal number of 512-byte sectors")]
     BadNumber { what: &'static str, value: String },
-    #[error("unknown target type {0:?} (known: linear, striped, zero, error)")]
-    UnknownTarget(String),
+    #[error("unknown target type {name:?} (known: {known})")]
+    UnknownTarget { name: String, known: String },
     #[error("zero-length target")]
     ZeroLength,
     #[error("gap in table: this segment starts at sector {start} but the previous one ends at {expected}")]
     Gap { start: u64, expected: u64 },
     #[error("the table is larger than 2^64 bytes")]
     TooLarge,
-    #[error("{target}: invalid argument count {got}: expected {expected}")]
-    ArgCount {
-        target: &'static str,
-        got: usize,
-        expected: &'static str,
-    },
-    #[error("{target}: invalid device sector {0:?}", target = "linear")]
-    InvalidDeviceSector(String),
-    #[error("striped: invalid stripe count {0:?}: expected a number from 1 to 4294967295")]
-    InvalidStripeCount(String),
-    #[error(
-        "striped: invalid chunk_size {0:?}: expected a number of sectors from 1 to 4294967295"
-    )]
-    InvalidChunkSize(String),
-    #[error("striped: target length {len} not divisible by number of stripes {stripes}")]
-    LengthNotDivisibleByStripes { len: u64, stripes: u32 },
-    #[error("striped: target length not divisible by chunk size: {len} sectors over {stripes} stripes is {width} sectors per stripe, not a multiple of chunk {chunk}")]
-    LengthNotDivisibleByChunk {
-        len: u64,
-        stripes: u32,
-        width: u64,
-        chunk: u64,
-    },
-    #[error("striped: not enough destinations specified: {stripes} stripes need {expected} arguments after the chunk size, got {got}")]
-    StripeDestinations {
-        stripes: u32,
-        expected: usize,
-        got: usize,
-    },
-    #[error("{target} takes no arguments, got {got}")]
-    NoArgsExpected { target: &'static str, got: usize },
-    #[error("an empty device path")]
-    EmptyPath,
+    /// A target's constructor refused its arguments: the kernel's
+    /// `ti->error`, or ours worded the same way.
+    #[error("{target}: {msg}")]
+    Target { target: &'static str, msg: String },
     #[error("{path}: too small for target: it is {dev_sectors} sectors, the table uses sectors {start}..{end}")]
     DeviceTooSmall {
         path: PathBuf,

@@ -7,21 +7,30 @@
 //! question on the hot path: which pieces of which backing devices does a
 //! request `(sector, nr_sectors)` touch ([`Table::map`]).
 //!
+//! Each target type is one file under `targets/` implementing [`Target`]
+//! (as the kernel's `dm-linear.c`, `dm-stripe.c`…), registered by its table
+//! word in `targets/mod.rs`. The parser, validator and mapper name none.
+//!
 //! What does *not* belong here: any I/O. Facts about backing files (their size,
 //! whether they are read-only, which inode they are, whether they can do DAX)
 //! are gathered by the caller and handed in as [`DeviceInfo`] values, so that
 //! everything in this crate is deterministic and testable on any host.
 
+mod args;
 mod error;
-mod map;
-mod parse;
 mod table;
+mod target;
+mod targets;
 mod validate;
 
 pub use error::{MapError, TableError, TableErrorKind};
-pub use map::{Piece, PieceKind};
-pub use table::{DevIdx, Segment, Stripe, Table, Target, TargetKind};
-pub use validate::{DeviceInfo, Extent};
+pub use table::{Segment, Table};
+pub use target::{
+    flush_piece, Corrupt, Ctr, CtrResult, DevIdx, Extent, Io, Op, Piece, PieceKind, StatusCtx,
+    Target, TargetType,
+};
+pub use targets::REGISTRY;
+pub use validate::DeviceInfo;
 
 /// Size of a device-mapper sector in bytes; table numbers are in these units.
 pub const SECTOR_SIZE: u64 = 512;

@@ -3,7 +3,8 @@
 use serde::Serialize;
 
 use crate::error::{TableError, TableErrorKind as K};
-use crate::table::{DevIdx, Table, Target};
+use crate::table::Table;
+use crate::target::Extent;
 use crate::{SECTOR_SHIFT, SECTOR_SIZE};
 
 /// What the caller found out about one backing device.
@@ -18,45 +19,7 @@ pub struct DeviceInfo {
     pub identity: (u64, u64),
 }
 
-/// A range of backing sectors that one segment uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Extent {
-    pub segment: usize,
-    pub dev: DevIdx,
-    /// First backing sector.
-    pub start: u64,
-    /// Sectors.
-    pub len: u64,
-}
-
 impl Table {
-    /// Every backing range the table uses (a striped segment uses
-    /// `len / #stripes` sectors of each stripe's device from its offset).
-    pub fn extents(&self) -> Vec<Extent> {
-        let mut out = Vec::new();
-        for (i, seg) in self.segments.iter().enumerate() {
-            match &seg.target {
-                Target::Linear { dev, offset } => out.push(Extent {
-                    segment: i,
-                    dev: *dev,
-                    start: *offset,
-                    len: seg.len,
-                }),
-                Target::Striped { stripes, .. } => {
-                    let width = seg.len / stripes.len() as u64;
-                    out.extend(stripes.iter().map(|s| Extent {
-                        segment: i,
-                        dev: s.dev,
-                        start: s.offset,
-                        len: width,
-                    }));
-                }
-                Target::Zero | Target::Error => {}
-            }
-        }
-        out
-    }
-
     /// Checks the table against its backing devices (`infos` indexed like
     /// [`Table::devices`]): every range fits inside its device, a writable
     /// table has no read-only device, and no byte of one device is mapped
@@ -95,6 +58,7 @@ impl Table {
         if writable {
             let mut by_object: Vec<(&(u64, u64), &Extent)> = extents
                 .iter()
+                .filter(|e| e.written)
                 .map(|e| (&infos[e.dev].identity, e))
                 .collect();
             by_object.sort_by_key(|(id, e)| (**id, e.start));
@@ -142,28 +106,11 @@ impl Table {
                 })
             };
             let mut checks = vec![("start sector", seg.start), ("length", seg.len)];
-            match &seg.target {
-                Target::Linear { offset, .. } => checks.push(("device offset", *offset)),
-                Target::Striped { chunk, stripes } => {
-                    checks.push(("chunk size", *chunk));
-                    checks.extend(stripes.iter().map(|s| ("stripe offset", s.offset)));
-                }
-                Target::Zero | Target::Error => {}
-            }
+            checks.extend(seg.target.aligned());
             if let Some(e) = checks.into_iter().find_map(|(w, v)| mis(w, v)) {
                 return Err(e);
             }
         }
         Ok(())
-    }
-
-    /// The normalized text of one segment, for error messages.
-    fn line_text(&self, seg: usize) -> String {
-        let one = Table {
-            segments: vec![self.segments[seg].clone()],
-            devices: self.devices.clone(),
-            total_sectors: 0,
-        };
-        one.to_string().trim_end().to_string()
     }
 }

@@ -3,7 +3,7 @@
 //! into in-memory backing "files".
 
 use proptest::prelude::*;
-use rdm_targets::{Piece, PieceKind, Table, Target};
+use rdm_targets::{Op, Piece, PieceKind, Table};
 
 const NDEV: usize = 3;
 
@@ -23,18 +23,51 @@ fn model(table: &Table, sector: u64) -> (usize, Model) {
         .find(|(_, s)| s.start <= sector && sector < s.start + s.len)
         .unwrap();
     let off = sector - seg.start;
-    let m = match &seg.target {
-        Target::Linear { dev, offset } => Model::Dev(*dev, offset + off),
-        Target::Striped { chunk, stripes } => {
+    let m = match layout(table, i) {
+        Layout::Linear(dev, offset) => Model::Dev(dev, offset + off),
+        Layout::Striped(chunk, stripes) => {
             let n = stripes.len() as u64;
             let c = off / chunk;
-            let s = stripes[(c % n) as usize];
-            Model::Dev(s.dev, (c / n) * chunk + off % chunk + s.offset)
+            let (dev, offset) = stripes[(c % n) as usize];
+            Model::Dev(dev, (c / n) * chunk + off % chunk + offset)
         }
-        Target::Zero => Model::Zero,
-        Target::Error => Model::Error,
+        Layout::Zero => Model::Zero,
+        Layout::Error => Model::Error,
     };
     (i, m)
+}
+
+/// A segment's layout, read back from its printed table line (the targets
+/// themselves are opaque).
+enum Layout {
+    Linear(usize, u64),
+    Striped(u64, Vec<(usize, u64)>),
+    Zero,
+    Error,
+}
+
+fn layout(table: &Table, seg: usize) -> Layout {
+    let line = table.to_string().lines().nth(seg).unwrap().to_string();
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let dev = |name: &str| {
+        table
+            .devices()
+            .iter()
+            .position(|p| p.to_str() == Some(name))
+            .unwrap()
+    };
+    match w[2] {
+        "linear" => Layout::Linear(dev(w[3]), w[4].parse().unwrap()),
+        "striped" => Layout::Striped(
+            w[4].parse().unwrap(),
+            w[5..]
+                .chunks(2)
+                .map(|c| (dev(c[0]), c[1].parse().unwrap()))
+                .collect(),
+        ),
+        "zero" => Layout::Zero,
+        _ => Layout::Error,
+    }
 }
 
 /// Random valid table text: linear, striped, zero and error segments over
@@ -106,7 +139,7 @@ proptest! {
         let t = Table::parse(&text).unwrap();
         let sizes = device_sizes(&t);
         let mut pieces = Vec::new();
-        t.map(sector, nr, &mut pieces).unwrap();
+        t.map(Op::Read, 0, sector, nr, &mut pieces).unwrap();
         // Coverage exactly once, in order.
         let mut expect_off = 0;
         for p in &pieces {
@@ -128,21 +161,21 @@ proptest! {
                         Model::Dev(dev, ds)
                     }
                     PieceKind::Zero => Model::Zero,
-                    PieceKind::Error => Model::Error,
+                    PieceKind::Error | PieceKind::Drop => Model::Error,
                 };
                 prop_assert_eq!(got, want, "sector {}", s);
             }
         }
         // No piece crosses a chunk boundary of a striped segment.
         for p in &pieces {
-            if let Target::Striped { chunk, .. } = &t.segments()[p.segment].target {
+            if let Layout::Striped(chunk, _) = layout(&t, p.segment) {
                 let seg_off = sector + p.buf_offset / 512 - t.segments()[p.segment].start;
-                prop_assert!(seg_off % chunk + p.len / 512 <= *chunk);
+                prop_assert!(seg_off % chunk + p.len / 512 <= chunk);
             }
         }
         // Range mapping (discard) covers the same device sectors.
         let mut ranges = Vec::new();
-        t.map_range(sector, nr, &mut ranges).unwrap();
+        t.map_range(Op::Discard, 0, sector, nr, &mut ranges).unwrap();
         prop_assert_eq!(ranges.iter().map(|p| p.len).sum::<u64>(), nr * 512);
         prop_assert!(ranges.len() <= pieces.len());
         let mut a = expand(&pieces);
@@ -157,11 +190,11 @@ proptest! {
         let t = Table::parse(&text).unwrap();
         let total = t.total_sectors();
         let mut out = Vec::new();
-        prop_assert!(t.map(sector, total - sector + 1, &mut out).is_err());
-        prop_assert!(t.map(total, 1, &mut out).is_err());
-        prop_assert!(t.map(sector, u64::MAX, &mut out).is_err());
+        prop_assert!(t.map(Op::Read, 0, sector, total - sector + 1, &mut out).is_err());
+        prop_assert!(t.map(Op::Read, 0, total, 1, &mut out).is_err());
+        prop_assert!(t.map(Op::Read, 0, sector, u64::MAX, &mut out).is_err());
         prop_assert!(out.is_empty(), "nothing of a refused request is mapped");
-        prop_assert!(t.map(sector, nr, &mut out).is_ok());
+        prop_assert!(t.map(Op::Read, 0, sector, nr, &mut out).is_ok());
     }
 
     /// Bytes written through the mapping into in-memory devices read back
@@ -173,7 +206,7 @@ proptest! {
         let mut devs: Vec<Vec<u8>> = device_sizes(&t).iter().map(|s| vec![0u8; *s as usize * 512]).collect();
         let data: Vec<u8> = (0..nr * 512).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
         let mut pieces = Vec::new();
-        t.map(sector, nr, &mut pieces).unwrap();
+        t.map(Op::Read, 0, sector, nr, &mut pieces).unwrap();
         for p in &pieces {
             if let PieceKind::Io { dev, dev_offset } = p.kind {
                 let (o, b, l) = (dev_offset as usize, p.buf_offset as usize, p.len as usize);
@@ -189,7 +222,7 @@ proptest! {
                     back[b..b + l].copy_from_slice(&devs[dev][o..o + l]);
                 }
                 PieceKind::Zero => back[b..b + l].fill(0),
-                PieceKind::Error => {}
+                PieceKind::Error | PieceKind::Drop => {}
             }
         }
         for s in 0..nr {
@@ -215,7 +248,7 @@ fn expand(pieces: &[Piece]) -> Vec<(u8, usize, u64)> {
             v.push(match p.kind {
                 PieceKind::Io { dev, dev_offset } => (0, dev, dev_offset / 512 + k),
                 PieceKind::Zero => (1, p.segment, p.buf_offset / 512 + k),
-                PieceKind::Error => (2, p.segment, p.buf_offset / 512 + k),
+                PieceKind::Error | PieceKind::Drop => (2, p.segment, p.buf_offset / 512 + k),
             });
         }
     }
@@ -228,7 +261,7 @@ fn striped_layout_matches_dm_stripe_by_hand() {
     // stripe 0 at its second chunk, and so on.
     let t = Table::parse("0 12 striped 3 2 d0 100 d1 200 d2 300").unwrap();
     let mut p = Vec::new();
-    t.map(1, 8, &mut p).unwrap();
+    t.map(Op::Read, 0, 1, 8, &mut p).unwrap();
     let got: Vec<(usize, u64, u64)> = p
         .iter()
         .map(|p| match p.kind {

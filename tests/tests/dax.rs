@@ -14,8 +14,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use rdm_dax::{probe, Dax, DaxInfo, DaxKind, DaxMapping, UnsupportedReason};
 use rdm_targets::Table;
 use rdm_tests::*;
-use rdm_ublk_server::dax_path::{decide, DaxBuf, DaxEngine, DaxPolicy};
-use rdm_ublk_server::engine::{op, Request};
+use rdm_ublk_server::backend::dax::DaxBackend;
+use rdm_ublk_server::buffer::{Aux, Buffer};
+use rdm_ublk_server::dax_path::{decide, DaxDecision, DaxPolicy};
+use rdm_ublk_server::handler::Handler;
+use rdm_ublk_server::request::{op, Request};
 use rdm_ublk_server::ring::HostRing;
 
 const MIB: u64 = 1 << 20;
@@ -150,7 +153,13 @@ fn req(op: u32, sector: u64, nr: u32) -> Request {
 }
 
 /// Random writes through the engine (copy mode), read back against a model.
-fn engine_round_trip(e: &DaxEngine, ring: &Rc<HostRing>, sectors: u64) -> Vec<u8> {
+/// The request handler over the DAX mappings of an active decision.
+fn open_dax(t: rdm_targets::Table, d: &DaxDecision) -> Handler<DaxBackend> {
+    let backend = DaxBackend::open(&t, d).expect("map the DAX devices");
+    Handler::new(t, backend, Aux::default())
+}
+
+fn engine_round_trip(e: &Handler<DaxBackend>, ring: &Rc<HostRing>, sectors: u64) -> Vec<u8> {
     let mut model = vec![0u8; (sectors * 512) as usize];
     // Start from what is there.
     for (i, chunk) in model.chunks_mut(512 << 10).enumerate() {
@@ -159,7 +168,7 @@ fn engine_round_trip(e: &DaxEngine, ring: &Rc<HostRing>, sectors: u64) -> Vec<u8
         let r = ring.block_on(e.handle(
             ring,
             req(op::READ, i as u64 * 1024, nr),
-            DaxBuf::User { base },
+            Buffer::User { base, index: 0 },
         ));
         assert_eq!(r, chunk.len() as i32);
     }
@@ -174,14 +183,19 @@ fn engine_round_trip(e: &DaxEngine, ring: &Rc<HostRing>, sectors: u64) -> Vec<u8
         model[(s * 512) as usize..][..data.len()].copy_from_slice(&data);
         let fua = if round % 4 == 0 { op::F_FUA } else { 0 };
         let base = data.as_mut_ptr();
-        let r = ring.block_on(e.handle(ring, req(op::WRITE | fua, s, nr), DaxBuf::User { base }));
+        let r = ring.block_on(e.handle(
+            ring,
+            req(op::WRITE | fua, s, nr),
+            Buffer::User { base, index: 0 },
+        ));
         assert_eq!(r, (nr * 512) as i32, "write {round}");
     }
     assert_eq!(
         ring.block_on(e.handle(
             ring,
             req(op::FLUSH, 0, 0),
-            DaxBuf::User {
+            Buffer::User {
+                index: 0,
                 base: std::ptr::null_mut()
             }
         )),
@@ -194,7 +208,7 @@ fn engine_round_trip(e: &DaxEngine, ring: &Rc<HostRing>, sectors: u64) -> Vec<u8
         let r = ring.block_on(e.handle(
             ring,
             req(op::READ, i as u64 * 1024, nr),
-            DaxBuf::User { base },
+            Buffer::User { base, index: 0 },
         ));
         assert_eq!(r, chunk.len() as i32);
     }
@@ -218,7 +232,7 @@ fn dax_engine_fsdax_files() {
     let t = Table::parse(&text).unwrap();
     let d = decide(&t, DaxPolicy::Auto).unwrap();
     assert!(d.active, "{d:?}");
-    let e = DaxEngine::open(t, &d).unwrap();
+    let e = open_dax(t, &d);
     let ring = HostRing::new(64).unwrap();
     let model = engine_round_trip(&e, &ring, 8192 + 32768);
     // Linear part landed in a at 8 MiB.
@@ -236,17 +250,25 @@ fn dax_engine_fsdax_files() {
     // Discard punches: blocks are freed, reads see zeros.
     let before = fs::metadata(&a).unwrap().blocks();
     let base = std::ptr::null_mut();
-    let r = ring.block_on(e.handle(&ring, req(op::DISCARD, 0, 8192), DaxBuf::User { base }));
+    let r = ring.block_on(e.handle(
+        &ring,
+        req(op::DISCARD, 0, 8192),
+        Buffer::User { base, index: 0 },
+    ));
     assert_eq!(r, 0);
     assert_eq!(
-        ring.block_on(e.handle(&ring, req(op::FLUSH, 0, 0), DaxBuf::User { base })),
+        ring.block_on(e.handle(&ring, req(op::FLUSH, 0, 0), Buffer::User { base, index: 0 })),
         0
     );
     let after = fs::metadata(&a).unwrap().blocks();
     assert!(after < before, "blocks {before} -> {after}");
     let mut z = vec![1u8; 64 << 10];
     let base = z.as_mut_ptr();
-    let r = ring.block_on(e.handle(&ring, req(op::READ, 1000, 128), DaxBuf::User { base }));
+    let r = ring.block_on(e.handle(
+        &ring,
+        req(op::READ, 1000, 128),
+        Buffer::User { base, index: 0 },
+    ));
     assert_eq!(r, 64 << 10);
     assert!(z.iter().all(|&x| x == 0));
     assert_eq!(e.stats.devices[0].discards.load(Relaxed), 1);
@@ -263,7 +285,7 @@ fn dax_engine_devdax() {
     let t = Table::parse(&format!("0 131072 linear {} 4096", dev.display())).unwrap();
     let d = decide(&t, DaxPolicy::Required).unwrap();
     assert_eq!(d.devices[0].kind, Some(DaxKind::DevDax));
-    let e = DaxEngine::open(t, &d).unwrap();
+    let e = open_dax(t, &d);
     let ring = HostRing::new(64).unwrap();
     let model = engine_round_trip(&e, &ring, 131072);
     // Through a second mapping of the device: the bytes are where the table says.
@@ -273,7 +295,11 @@ fn dax_engine_devdax() {
     assert_same_bytes(&got, &model[..1 << 20], "devdax contents");
     // WRITE_ZEROES zeroes (no holes on device-dax).
     let base = std::ptr::null_mut();
-    let r = ring.block_on(e.handle(&ring, req(op::WRITE_ZEROES, 0, 2048), DaxBuf::User { base }));
+    let r = ring.block_on(e.handle(
+        &ring,
+        req(op::WRITE_ZEROES, 0, 2048),
+        Buffer::User { base, index: 0 },
+    ));
     assert_eq!(r, 0);
     m.read_at(2 * MIB, &mut got).unwrap();
     assert!(got.iter().all(|&x| x == 0));
@@ -290,7 +316,7 @@ fn dax_engine_user_copy_into_fsdax_mapping() {
     let a = fsdax_file("uc.img", 16 * MIB, 0);
     let t = Table::parse(&format!("0 32768 linear {} 0", a.display())).unwrap();
     let d = decide(&t, DaxPolicy::Required).unwrap();
-    let e = DaxEngine::open(t, &d).unwrap();
+    let e = open_dax(t, &d);
     let s = Scratch::new("dax-uc");
     let cdev_path = s.path("fake-ublkc");
     let cdev = fs::OpenOptions::new()
@@ -303,7 +329,7 @@ fn dax_engine_user_copy_into_fsdax_mapping() {
     let ring = HostRing::new(64).unwrap();
     ring.register_files(&[cdev.as_raw_fd()]).unwrap();
     let pos = |tag, off| libublk::io::UblkIOCtx::ublk_user_copy_pos(0, tag, off);
-    let uc = |tag| DaxBuf::UserCopy {
+    let uc = |tag| Buffer::UserCopy {
         cdev_fixed: 0,
         q_id: 0,
         tag,
@@ -329,8 +355,8 @@ fn dax_engine_user_copy_into_fsdax_mapping() {
 
 /// Not a check: the cost per 4 KiB request of the two ways data reaches
 /// the mapping, without the daemon. Copy mode = the driver's copy into the
-/// per-tag buffer (modelled by a memcpy) + `DaxBuf::User` (copy into pmem +
-/// flush + fence). USER_COPY = `DaxBuf::UserCopy` (one io_uring READ/WRITE
+/// per-tag buffer (modelled by a memcpy) + `Buffer::User` (copy into pmem +
+/// flush + fence). USER_COPY = `Buffer::UserCopy` (one io_uring READ/WRITE
 /// that makes the kernel copy between the "request" and the mapping, +
 /// flush + fence), with a tmpfs file standing in for /dev/ublkcN. Run:
 /// `cargo xtask vm --kernel latest --pmem 512M --icount -- <dax test
@@ -344,7 +370,7 @@ fn dax_bench_user_copy_vs_copy() {
     let a = fsdax_file("bench.img", 16 * MIB, 0x5a); // allocated: no faults
     let t = Table::parse(&format!("0 32768 linear {} 0", a.display())).unwrap();
     let d = decide(&t, DaxPolicy::Required).unwrap();
-    let e = DaxEngine::open(t, &d).unwrap();
+    let e = open_dax(t, &d);
     let s = Scratch::new("dax-bench");
     let cdev = fs::OpenOptions::new()
         .read(true)
@@ -361,7 +387,7 @@ fn dax_bench_user_copy_vs_copy() {
     let sector = |i: u64| (i.wrapping_mul(2654435761) % 4096) * 8;
     let request = pattern(2, 4096);
     let mut tagbuf = vec![0u8; 4096];
-    let uc = DaxBuf::UserCopy {
+    let uc = Buffer::UserCopy {
         cdev_fixed: 0,
         q_id: 0,
         tag: 0,
@@ -370,7 +396,11 @@ fn dax_bench_user_copy_vs_copy() {
         // Warm up both paths.
         for i in 0..500 {
             let base = tagbuf.as_mut_ptr();
-            ring.block_on(e.handle(&ring, req(opc, sector(i), 8), DaxBuf::User { base }));
+            ring.block_on(e.handle(
+                &ring,
+                req(opc, sector(i), 8),
+                Buffer::User { base, index: 0 },
+            ));
             ring.block_on(e.handle(&ring, req(opc, sector(i), 8), uc));
         }
         let t0 = std::time::Instant::now();
@@ -379,7 +409,11 @@ fn dax_bench_user_copy_vs_copy() {
                 tagbuf.copy_from_slice(&request); // the driver's copy in
             }
             let base = tagbuf.as_mut_ptr();
-            let r = ring.block_on(e.handle(&ring, req(opc, sector(i), 8), DaxBuf::User { base }));
+            let r = ring.block_on(e.handle(
+                &ring,
+                req(opc, sector(i), 8),
+                Buffer::User { base, index: 0 },
+            ));
             assert_eq!(r, 4096);
             if opc == op::READ {
                 std::hint::black_box(&mut tagbuf).copy_from_slice(&request); // copy out

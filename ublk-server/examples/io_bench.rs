@@ -20,8 +20,11 @@ use std::process::Command;
 use std::time::Instant;
 
 use rdm_targets::Table;
+use rdm_ublk_server::backend::uring::{Backing, UringBackend};
 use rdm_ublk_server::backing;
-use rdm_ublk_server::engine::{op, Backing, Buffer, Engine, Request};
+use rdm_ublk_server::buffer::{Aux, Buffer};
+use rdm_ublk_server::handler::Handler;
+use rdm_ublk_server::request::{op, Request};
 use rdm_ublk_server::ring::{join_all, HostRing};
 
 const QD: usize = 32;
@@ -94,7 +97,13 @@ fn engine_run(path: &Path, ios: u64) -> f64 {
     };
     // SAFETY: the buffer lives until the process ends.
     unsafe { ring.register_buffers(&[iov]).unwrap() };
-    let engine = Engine::new(table, vec![Backing { fixed: 0, direct }], None);
+    let engine = Handler::new(
+        table,
+        UringBackend {
+            files: vec![Backing { fixed: 0, direct }],
+        },
+        Aux::default(),
+    );
     let blocks = FILE_BYTES / BS;
     let per = ios / QD as u64;
     let t = Instant::now();

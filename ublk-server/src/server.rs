@@ -1,11 +1,14 @@
 //! One device, served: ADD_DEV → queue threads → LIVE → serve until asked
 //! to stop → drain, fdatasync, DEL_DEV.
 //!
-//! Each queue has one thread and one io_uring (libublk's per-queue ring)
-//! that carries both the ublk commands and the backing I/O of
-//! [`Engine::handle`]. Anything that fails after ADD_DEV unwinds through
-//! `UblkCtrl`'s `Drop`, which deletes the device, and [`StateGuard`]'s,
-//! which removes the state file: nothing is left half-created.
+//! [`serve`] runs named steps: [`probe`] the kernel and the backing devices,
+//! [`open_data_path`] (io_uring files or DAX mappings), [`add_device`],
+//! then [`run_queues`] (one thread and one io_uring each, carrying both the
+//! ublk commands and the backing I/O of the request handler) while the
+//! control socket answers requests. Anything that fails after ADD_DEV
+//! unwinds through `UblkCtrl`'s `Drop`, which deletes the device, and
+//! [`StateGuard`]'s, which removes the state file: nothing is left
+//! half-created.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -26,19 +29,24 @@ use libublk::{sys, UblkError, UblkFlags, UblkUringData};
 use rdm_targets::Table;
 use serde::Serialize;
 
+use crate::backend::dax::DaxBackend;
+use crate::backend::uring::{Backing, UringBackend};
+use crate::backend::Backend;
 use crate::backing::{self, BackingError};
+use crate::buffer::{Aux, Buffer, BYTES};
 use crate::control::{self, ControlError, DeviceState, StateGuard};
-use crate::dax_path::{self, DaxBuf, DaxDecision, DaxDecisionError, DaxEngine, DaxPolicy};
-use crate::engine::{Backing, Buffer, Engine, Request};
+use crate::dax_path::{self, DaxDecision, DaxDecisionError, DaxPolicy};
 use crate::features::{self, DataMode, ZeroCopy};
-use crate::stats::Snapshot;
+use crate::handler::Handler;
+use crate::request::Request;
+use crate::stats::{Snapshot, Stats};
 
 /// Largest request, and the size of each copy-mode buffer.
 const IO_BUF_BYTES: u32 = 512 << 10;
 /// libublk's fixed-file table per queue: slot 0 is /dev/ublkcN.
 const MAX_FDS: usize = 32;
 /// `UBLK_IO_F_NEED_REG_BUF`: auto registration failed, register by hand.
-const IO_F_NEED_REG_BUF: u32 = 1 << 17;
+const IO_F_NEED_REG_BUF: u32 = sys::UBLK_IO_F_NEED_REG_BUF;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -99,44 +107,41 @@ pub struct Live {
 
 /// What serves the requests: io_uring on the backing files, or the DAX
 /// mappings. Chosen once, before the device exists.
+/// What serves the requests: the handler over io_uring on the backing
+/// files, or over the DAX mappings. Chosen once, before the device exists.
 #[derive(Debug)]
 enum Core {
-    Uring(Engine),
-    Dax(DaxEngine),
+    Uring(Handler<UringBackend>),
+    Dax(Handler<DaxBackend>),
 }
 
 impl Core {
     fn table(&self) -> &Table {
         match self {
-            Core::Uring(e) => &e.table,
-            Core::Dax(e) => &e.table,
+            Core::Uring(h) => &h.table,
+            Core::Dax(h) => &h.table,
         }
     }
 
-    fn stats(&self) -> &crate::stats::Stats {
+    fn stats(&self) -> &Stats {
         match self {
-            Core::Uring(e) => &e.stats,
-            Core::Dax(e) => &e.stats,
+            Core::Uring(h) => &h.stats,
+            Core::Dax(h) => &h.stats,
         }
     }
 
     /// How each backing device is accessed, for status.
     fn access(&self, dev: usize) -> &'static str {
         match self {
-            Core::Uring(e) if e.backing[dev].direct => "o_direct",
-            Core::Uring(_) => "buffered",
-            Core::Dax(_) => "dax",
+            Core::Uring(h) => h.backend.access(dev),
+            Core::Dax(h) => h.backend.access(dev),
         }
     }
 
     async fn handle(&self, q: &UblkQueue<'_>, req: Request, buf: Buffer) -> i32 {
-        match (self, buf) {
-            (Core::Uring(e), _) => e.handle(q, req, buf).await,
-            (Core::Dax(e), Buffer::User { base, .. }) => {
-                e.handle(q, req, DaxBuf::User { base }).await
-            }
-            // The DAX core always runs in copy mode.
-            (Core::Dax(_), Buffer::Kernel { .. }) => -libc::EIO,
+        match self {
+            Core::Uring(h) => h.handle(q, req, buf).await,
+            Core::Dax(h) => h.handle(q, req, buf).await,
         }
     }
 }
@@ -154,9 +159,8 @@ pub fn serve(
     on_live: impl FnOnce(&Live) + Send + Sync + 'static,
 ) -> Result<(), ServerError> {
     let sigset = block_term_signals();
-    let name = cfg.name.clone();
     let mut state = DeviceState {
-        name: name.clone(),
+        name: cfg.name.clone(),
         pid: std::process::id(),
         pid_start: control::process_start(std::process::id()).unwrap_or(0),
         state: "starting".into(),
@@ -171,27 +175,67 @@ pub fn serve(
         table: cfg.table.to_string(),
     };
     let guard = Arc::new(StateGuard::claim(&state)?);
+    let probed = probe(&cfg)?;
+    let path = open_data_path(&cfg, probed)?;
+    let (ctrl, mode) = add_device(&cfg, path.mode)?;
+    // Record the id before the block device appears, so that udev's
+    // `rdm udev-name ublkbN` can name it as soon as it does.
+    state.dev_id = Some(ctrl.dev_info().dev_id);
+    state.mode = Some(mode);
+    guard.update(&state)?;
+    let stopper = Arc::new(Stopper { ctrl: ctrl.clone() });
+    stop_on_signal(sigset, stopper.clone(), &cfg.name)?;
+    let files = run_queues(&cfg, path, mode, state, guard.clone(), stopper, on_live)?;
+    // Stopped: the block device is gone and in-flight I/O has drained.
+    for (f, p) in files.iter().zip(cfg.table.devices()) {
+        if let Err(e) = f.sync_data() {
+            tracing::error!(path = %p.display(), "fdatasync after stop failed: {e}");
+        }
+    }
+    ctrl.del_dev()
+        .map_err(|e| ublk_err(&cfg.name, "DEL_DEV", e))?;
+    tracing::info!("device removed");
+    drop(guard);
+    Ok(())
+}
 
+fn ublk_err(name: &str, op: &'static str, e: UblkError) -> ServerError {
+    ServerError::Ublk {
+        name: name.to_string(),
+        op,
+        cause: format!("{e:?}"),
+    }
+}
+
+/// What [`probe`] found out before anything exists.
+struct Probed {
+    features: u64,
+    mode: DataMode,
+    dax: DaxDecision,
+}
+
+/// Step 1: the kernel's ublk features and the data-path mode they allow;
+/// the backing devices checked against the table; DAX decided (`required`
+/// fails here, before any device exists).
+fn probe(cfg: &Config) -> Result<Probed, ServerError> {
+    let name = &cfg.name;
     let features =
         UblkCtrl::get_features().ok_or_else(|| ServerError::NoUblk { name: name.clone() })?;
-    let mut mode =
+    let mode =
         features::choose_mode(cfg.zero_copy, features).map_err(|msg| ServerError::ZeroCopy {
             name: name.clone(),
             msg,
         })?;
-
-    let backing_err = |source| ServerError::Backing {
+    let infos = backing::check_table(&cfg.table, !cfg.read_only).map_err(|source| {
+        ServerError::Backing {
+            name: name.clone(),
+            source,
+        }
+    })?;
+    let dax = dax_path::decide(&cfg.table, cfg.dax).map_err(|source| ServerError::Dax {
         name: name.clone(),
         source,
-    };
-    let infos = backing::check_table(&cfg.table, !cfg.read_only).map_err(backing_err)?;
-
-    // DAX is decided before anything exists: `required` fails here.
-    let dax_err = |source| ServerError::Dax {
-        name: name.clone(),
-        source,
-    };
-    let dax = dax_path::decide(&cfg.table, cfg.dax).map_err(dax_err)?;
+    })?;
     if let Some(note) = &dax.note {
         tracing::warn!("{note}");
     }
@@ -201,31 +245,74 @@ pub fn serve(
             .find(|b| b.kind == backing::BackingKind::DaxDevice)
         {
             return Err(ServerError::DevDaxNeedsDax {
-                name,
+                name: name.clone(),
                 path: b.path.display().to_string(),
                 why: dax.reason.clone().unwrap_or_default(),
             });
         }
     }
+    Ok(Probed {
+        features,
+        mode,
+        dax,
+    })
+}
 
-    // Backing files: fixed files 1..=n on every queue ring; /dev/zero after
-    // them fills kernel buffers for zero segments in zero-copy mode.
+/// The chosen data path, ready to serve.
+struct DataPath {
+    core: Core,
+    mode: DataMode,
+    dax: DaxDecision,
+    /// The backing files: fixed files 1..=n on every queue ring (closed
+    /// after the last fdatasync at stop).
+    files: Vec<File>,
+    /// `/dev/zero` and the bytes file: fixed files n+1 and n+2.
+    aux_files: [File; 2],
+    /// Whether every backing device can discard.
+    discard: bool,
+}
+
+/// Step 2: opens the backing devices for the chosen path. Backing files
+/// are fixed files 1..=n on every queue ring; after them `/dev/zero` and a
+/// file of bytes 0..=255, which fill zero-copy buffers that userspace
+/// cannot touch.
+fn open_data_path(cfg: &Config, probed: Probed) -> Result<DataPath, ServerError> {
+    let name = &cfg.name;
+    let backing_err = |source| ServerError::Backing {
+        name: name.clone(),
+        source,
+    };
     let ndev = cfg.table.devices().len();
-    if ndev + 2 > MAX_FDS {
+    if ndev + 3 > MAX_FDS {
         return Err(ServerError::TooManyDevices {
-            name,
+            name: name.clone(),
             count: ndev,
-            max: MAX_FDS - 2,
+            max: MAX_FDS - 3,
         });
     }
+    let Probed {
+        features,
+        mut mode,
+        dax,
+    } = probed;
+    tracing::debug!(features = format!("{features:#x}"), "ublk features");
     let mut files: Vec<File> = Vec::new();
     let mut discard = true;
+    let aux = Aux {
+        zero: Some(ndev as u32 + 1),
+        bytes: Some(ndev as u32 + 2),
+    };
     let core = if dax.active {
         // Copy mode: the driver copies request data into our buffers and
-        // the DAX core copies it into pmem. Measured faster than USER_COPY
-        // for 4 KiB (one memcpy + flush beats an extra SQE round trip).
+        // the DAX backend copies it into pmem. Measured faster than
+        // USER_COPY for 4 KiB (one memcpy + flush beats an extra SQE round
+        // trip).
         mode = DataMode::Dax;
-        Core::Dax(DaxEngine::open(cfg.table.clone(), &dax).map_err(dax_err)?)
+        let backend = DaxBackend::open(&cfg.table, &dax).map_err(|source| ServerError::Dax {
+            name: name.clone(),
+            source,
+        })?;
+        Core::Dax(Handler::new(cfg.table.clone(), backend, aux))
     } else {
         let mut back = Vec::new();
         for (i, p) in cfg.table.devices().iter().enumerate() {
@@ -237,10 +324,10 @@ pub fn serve(
             });
             files.push(f);
         }
-        Core::Uring(Engine::new(
+        Core::Uring(Handler::new(
             cfg.table.clone(),
-            back,
-            (mode == DataMode::ZeroCopy).then_some(ndev as u32 + 1),
+            UringBackend { files: back },
+            aux,
         ))
     };
     let zero = File::open("/dev/zero").map_err(|cause| {
@@ -249,17 +336,45 @@ pub fn serve(
             cause,
         })
     })?;
+    let bytes = bytes_file().map_err(|cause| {
+        backing_err(BackingError::Io {
+            path: "memfd:rdm-bytes".into(),
+            cause,
+        })
+    })?;
+    Ok(DataPath {
+        core,
+        mode,
+        dax,
+        files,
+        aux_files: [zero, bytes],
+        discard,
+    })
+}
 
+/// A memory file whose byte `i` is `i`: reading one byte of it into a
+/// kernel-registered buffer sets one byte of the request's data.
+fn bytes_file() -> std::io::Result<File> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: a valid NUL-terminated name; the fd is owned by the File.
+    let fd = unsafe { libc::memfd_create(c"rdm-bytes".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    f.write_all(&BYTES)?;
+    Ok(f)
+}
+
+/// Step 3: ADD_DEV. From here the device exists and `UblkCtrl`'s `Drop`
+/// deletes it. Returns the mode the kernel actually granted.
+fn add_device(cfg: &Config, mut mode: DataMode) -> Result<(Arc<UblkCtrl>, DataMode), ServerError> {
     let mut ctrl_flags = 0u64;
     if mode == DataMode::ZeroCopy {
         ctrl_flags |= features::F_AUTO_BUF_REG | features::F_SUPPORT_ZERO_COPY;
     }
-    let ublk_err = |op, e: UblkError| ServerError::Ublk {
-        name: name.clone(),
-        op,
-        cause: format!("{e:?}"),
-    };
-    // ADD_DEV. From here the device exists and UblkCtrl's Drop deletes it.
     let ctrl = Arc::new(
         UblkCtrlBuilder::default()
             .name("rdm")
@@ -269,14 +384,14 @@ pub fn serve(
             .ctrl_flags(ctrl_flags)
             .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
             .build()
-            .map_err(|e| ublk_err("ADD_DEV", e))?,
+            .map_err(|e| ublk_err(&cfg.name, "ADD_DEV", e))?,
     );
     // Older kernels drop flags they do not know without an error.
     let granted = ctrl.dev_info().flags;
     if mode == DataMode::ZeroCopy && granted & features::F_AUTO_BUF_REG == 0 {
         if cfg.zero_copy == ZeroCopy::On {
             return Err(ServerError::ZeroCopy {
-                name,
+                name: cfg.name.clone(),
                 msg: format!("the kernel did not grant UBLK_F_AUTO_BUF_REG (granted {granted:#x})"),
             });
         }
@@ -284,41 +399,61 @@ pub fn serve(
     }
     tracing::info!(
         dev_id = ctrl.dev_info().dev_id,
-        features = format!("{features:#x}"),
         granted = format!("{granted:#x}"),
         mode = mode.name(),
         "device added"
     );
-    // Record the id before the block device appears, so that udev's
-    // `rdm udev-name ublkbN` can name it as soon as it does.
-    state.dev_id = Some(ctrl.dev_info().dev_id);
-    state.mode = Some(mode);
-    guard.update(&state)?;
+    Ok((ctrl, mode))
+}
 
-    let engine = Arc::new(core);
+/// SIGINT/SIGTERM stop the device, from a thread of their own.
+fn stop_on_signal(
+    sigset: libc::sigset_t,
+    stopper: Arc<Stopper>,
+    name: &str,
+) -> Result<(), ServerError> {
+    std::thread::Builder::new()
+        .name("rdm-signals".into())
+        .spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: sigset is a valid, initialised set.
+            unsafe { libc::sigwait(&sigset, &mut sig) };
+            tracing::info!(signal = sig, "stopping on signal");
+            stopper.stop();
+        })
+        .map(|_| ())
+        .map_err(|e| ublk_err(name, "signal thread", UblkError::IOError(e)))
+}
+
+/// Step 4: starts the queues (START_DEV); once the block device is live,
+/// serves control requests and calls `on_live`; returns when the device
+/// has stopped, with the backing files for their last fdatasync.
+fn run_queues(
+    cfg: &Config,
+    path: DataPath,
+    mode: DataMode,
+    mut state: DeviceState,
+    guard: Arc<StateGuard>,
+    stopper: Arc<Stopper>,
+    on_live: impl FnOnce(&Live) + Send + Sync + 'static,
+) -> Result<Vec<File>, ServerError> {
+    let DataPath {
+        core,
+        dax,
+        files,
+        aux_files,
+        discard,
+        ..
+    } = path;
+    let core = Arc::new(core);
     let dax = Arc::new(dax);
-
-    let stopper = Arc::new(Stopper { ctrl: ctrl.clone() });
-    {
-        let stopper = stopper.clone();
-        std::thread::Builder::new()
-            .name("rdm-signals".into())
-            .spawn(move || {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: sigset is a valid, initialised set.
-                unsafe { libc::sigwait(&sigset, &mut sig) };
-                tracing::info!(signal = sig, "stopping on signal");
-                stopper.stop();
-            })
-            .map_err(|e| ublk_err("signal thread", UblkError::IOError(e)))?;
-    }
-
-    let mut fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
-    fds.push(zero.as_raw_fd());
+    let fds: Vec<i32> = files
+        .iter()
+        .chain(&aux_files)
+        .map(|f| f.as_raw_fd())
+        .collect();
     let table = cfg.table.clone();
-    let block_size = cfg.block_size;
-    let read_only = cfg.read_only;
-    let depth = cfg.depth;
+    let (block_size, read_only, depth) = (cfg.block_size, cfg.read_only, cfg.depth);
     let tgt_init = move |dev: &mut UblkDev| -> Result<(), UblkError> {
         let t = &mut dev.tgt;
         for fd in &fds {
@@ -338,29 +473,25 @@ pub fn serve(
         );
         Ok(())
     };
-    let q_engine = engine.clone();
-    let queue_fn = move |qid: u16, dev: &UblkDev| queue_thread(qid, dev, &q_engine, mode);
-
-    let live_engine = engine.clone();
-    let live_dax = dax.clone();
-    let live_stopper = stopper.clone();
-    let live_guard = guard.clone();
+    let q_core = core.clone();
+    let queue_fn = move |qid: u16, dev: &UblkDev| queue_thread(qid, dev, &q_core, mode);
+    let ctrl = stopper.ctrl.clone();
     let device_fn = move |c: &UblkCtrl| {
         let live = Live {
             dev_id: c.dev_info().dev_id,
             bdev: c.get_bdev_path(),
             mode,
-            dax_note: live_dax.note.clone(),
+            dax_note: dax.note.clone(),
         };
         state.state = "live".into();
         state.dev_id = Some(live.dev_id);
         state.bdev = Some(live.bdev.clone());
         state.mode = Some(mode);
         let started = control::serve_socket(&state.name, {
-            let (state, stopper, dax) = (state.clone(), live_stopper.clone(), live_dax.clone());
-            move |req| answer(req, &state, &live_engine, &dax, &stopper)
+            let (state, stopper, dax) = (state.clone(), stopper.clone(), dax.clone());
+            move |req| answer(req, &state, &core, &dax, &stopper)
         })
-        .and_then(|()| live_guard.update(&state));
+        .and_then(|()| guard.update(&state));
         match started {
             Ok(()) => {
                 tracing::info!(bdev = %live.bdev, "device is live");
@@ -368,34 +499,22 @@ pub fn serve(
             }
             Err(e) => {
                 tracing::error!("{e}");
-                live_stopper.stop();
+                stopper.stop();
             }
         }
     };
-
-    let res = ctrl.run_target(tgt_init, queue_fn, device_fn);
-    if let Err(e) = res {
+    if let Err(e) = ctrl.run_target(tgt_init, queue_fn, device_fn) {
         // Queue threads of a failed start are not joined by run_target;
         // make them drop their rings so that DEL_DEV can complete.
         FORCE_EXIT.store(true, Ordering::SeqCst);
         let _ = ctrl.kill_dev();
         let _ = ctrl.del_dev();
-        return Err(ublk_err("START_DEV", e));
+        return Err(ublk_err(&cfg.name, "START_DEV", e));
     }
-    // Stopped: the block device is gone and in-flight I/O has drained.
-    for (f, p) in files.iter().zip(cfg.table.devices()) {
-        if let Err(e) = f.sync_data() {
-            tracing::error!(path = %p.display(), "fdatasync after stop failed: {e}");
-        }
-    }
-    ctrl.del_dev().map_err(|e| ublk_err("DEL_DEV", e))?;
-    tracing::info!("device removed");
-    drop(guard);
-    Ok(())
+    drop(aux_files);
+    Ok(files)
 }
 
-/// Stops the device from any thread: STOP_DEV removes the block device
-/// (draining in-flight I/O) and aborts the queues' commands.
 struct Stopper {
     ctrl: Arc<UblkCtrl>,
 }
@@ -447,6 +566,8 @@ fn answer(
 pub struct Status<'a> {
     #[serde(flatten)]
     pub state: &'a DeviceState,
+    /// Each segment's status line as `dmsetup status` prints it.
+    pub dm_status: Vec<String>,
     pub segments: Vec<SegmentStatus>,
     pub devices: Vec<DeviceStatus>,
     pub dax: &'a DaxDecision,
@@ -475,8 +596,10 @@ pub struct DeviceStatus {
 
 fn status<'a>(state: &'a DeviceState, core: &Core, dax: &'a DaxDecision) -> Status<'a> {
     let (table, stats) = (core.table(), core.stats());
+    let dev_errors: Vec<u64> = stats.devices.iter().map(|c| c.snapshot().errors).collect();
     Status {
         state,
+        dm_status: table.status_lines(&dev_errors),
         segments: table
             .segments()
             .iter()
@@ -485,7 +608,7 @@ fn status<'a>(state: &'a DeviceState, core: &Core, dax: &'a DaxDecision) -> Stat
                 line: s.line,
                 start: s.start,
                 len: s.len,
-                target: s.target.kind().name(),
+                target: s.target.name(),
                 stats: c.snapshot(),
             })
             .collect(),
@@ -526,7 +649,7 @@ fn params(
             .is_power_of_two()
             .then(|| bytes.trailing_zeros() as u8)
     };
-    let (io_min, io_opt) = match table.stripe_hints() {
+    let (io_min, io_opt) = match table.io_hints() {
         Some((chunk, full)) => {
             let min = shift(chunk << 9).unwrap_or(pbs).max(lbs);
             (min, shift(full << 9).unwrap_or(min))
@@ -577,7 +700,7 @@ fn block_term_signals() -> libc::sigset_t {
 }
 
 /// One queue: its ring, its buffers, one task per tag, and the event loop.
-fn queue_thread(qid: u16, dev: &UblkDev, engine: &Arc<Core>, mode: DataMode) {
+fn queue_thread(qid: u16, dev: &UblkDev, core: &Arc<Core>, mode: DataMode) {
     let depth = u32::from(dev.dev_info.queue_depth);
     let _ = libublk::io::ublk_init_task_ring(|cell| {
         if cell.get().is_none() {
@@ -633,9 +756,9 @@ fn queue_thread(qid: u16, dev: &UblkDev, engine: &Arc<Core>, mode: DataMode) {
     for tag in q.tags() {
         let q = q.clone();
         let bufs = bufs.clone();
-        let engine = engine.clone();
+        let core = core.clone();
         tasks.push(exe.spawn(async move {
-            match io_task(&q, tag, mode, bufs.get(tag as usize), &engine).await {
+            match io_task(&q, tag, mode, bufs.get(tag as usize), &core).await {
                 Ok(()) | Err(UblkError::QueueIsDown) => {}
                 Err(e) => tracing::error!(qid = q.get_qid(), tag, "io task: {e:?}"),
             }
@@ -680,7 +803,7 @@ async fn io_task(
     tag: u16,
     mode: DataMode,
     buf: Option<&IoBuf<u8>>,
-    engine: &Core,
+    core: &Core,
 ) -> Result<(), UblkError> {
     let desc = match (mode, buf) {
         (DataMode::Copy | DataMode::Dax, Some(b)) => BufDesc::Slice(b.as_slice()),
@@ -717,7 +840,7 @@ async fn io_task(
             match reg_io_buf(q, tag, true).await {
                 r if r < 0 => r,
                 _ => {
-                    let r = engine.handle(q, req, buffer).await;
+                    let r = core.handle(q, req, buffer).await;
                     // It must be unregistered before COMMIT, or the request
                     // never completes.
                     let _ = reg_io_buf(q, tag, false).await;
@@ -725,7 +848,7 @@ async fn io_task(
                 }
             }
         } else {
-            engine.handle(q, req, buffer).await
+            core.handle(q, req, buffer).await
         };
         q.submit_io_commit_cmd(tag, desc.clone(), res).await?;
     }

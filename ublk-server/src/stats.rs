@@ -35,6 +35,17 @@ impl Counters {
         c.fetch_add(n, Relaxed);
     }
 
+    /// Counts one READ (or WRITE, `write`) piece of `len` bytes.
+    pub fn count_rw(&self, write: bool, len: u64) {
+        let (ops, bytes) = if write {
+            (&self.writes, &self.write_bytes)
+        } else {
+            (&self.reads, &self.read_bytes)
+        };
+        Self::add(ops, 1);
+        Self::add(bytes, len);
+    }
+
     /// Counts one DISCARD (`discard`) or WRITE_ZEROES piece.
     pub fn count_range_op(&self, discard: bool) {
         Self::add(

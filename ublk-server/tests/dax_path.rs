@@ -16,8 +16,11 @@ use std::rc::Rc;
 
 use rdm_dax::{DaxMapping, PersistenceDomain};
 use rdm_targets::Table;
-use rdm_ublk_server::dax_path::{decide, DaxBuf, DaxDecisionError, DaxEngine, DaxPolicy};
-use rdm_ublk_server::engine::op;
+use rdm_ublk_server::backend::dax::DaxBackend;
+use rdm_ublk_server::buffer::{Aux, Buffer};
+use rdm_ublk_server::dax_path::{decide, DaxDecisionError, DaxPolicy};
+use rdm_ublk_server::handler::Handler;
+use rdm_ublk_server::request::op;
 use rdm_ublk_server::ring::{join_all, HostRing};
 
 const FILE: u64 = 4 << 20;
@@ -134,7 +137,7 @@ fn open_refuses_an_inactive_decision() {
     let t = two_file_table(&p);
     let d = decide(&t, DaxPolicy::Auto).unwrap();
     assert!(matches!(
-        DaxEngine::open(t, &d),
+        DaxBackend::open(&t, &d),
         Err(DaxDecisionError::NotActive)
     ));
 }
@@ -147,7 +150,7 @@ struct Rig {
     _dir: tempfile::TempDir,
     paths: Vec<PathBuf>,
     ring: Rc<HostRing>,
-    engine: DaxEngine,
+    engine: Handler<DaxBackend>,
     /// Stands in for /dev/ublkcN (fixed file 0).
     cdev: fs::File,
 }
@@ -167,7 +170,7 @@ fn rig() -> Rig {
         .iter()
         .map(|p| DaxMapping::map_plain_for_tests(p, PersistenceDomain::MemoryController).unwrap())
         .collect();
-    let engine = DaxEngine::from_mappings(table, maps);
+    let engine = Handler::new(table, DaxBackend::from_mappings(maps), Aux::default());
     let cdev = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -203,7 +206,7 @@ fn rw_user(r: &Rig, opc: u32, sector: u64, buf: &mut [u8]) -> i32 {
     r.ring.block_on(r.engine.handle(
         &r.ring,
         req(opc, sector, (buf.len() / 512) as u32),
-        DaxBuf::User { base },
+        Buffer::User { base, index: 0 },
     ))
 }
 
@@ -257,7 +260,7 @@ fn random_writes_read_back_and_land_in_the_files() {
             r.engine.handle(
                 &r.ring,
                 req(op::READ, i as u64 * 100, 8),
-                DaxBuf::User { base },
+                Buffer::User { base, index: 0 },
             )
         })
         .collect();
@@ -307,8 +310,9 @@ fn error_segment_and_out_of_range_fail_whole() {
         r.ring.block_on(r.engine.handle(
             &r.ring,
             req(99, 0, 1),
-            DaxBuf::User {
-                base: b.as_mut_ptr()
+            Buffer::User {
+                base: b.as_mut_ptr(),
+                index: 0
             }
         )),
         -libc::EOPNOTSUPP
@@ -323,17 +327,29 @@ fn a_mapping_smaller_than_the_table_gives_eio() {
     // The table claims 8 MiB of a 4 MiB file (as if it shrank).
     let t = Table::parse(&format!("0 16384 linear {} 0", p[0].display())).unwrap();
     let m = DaxMapping::map_plain_for_tests(&p[0], PersistenceDomain::CpuCache).unwrap();
-    let e = DaxEngine::from_mappings(t, vec![m]);
+    let e = Handler::new(t, DaxBackend::from_mappings(vec![m]), Aux::default());
     let ring = HostRing::new(8).unwrap();
     let mut b = vec![0u8; 8192];
     let base = b.as_mut_ptr();
-    let res = ring.block_on(e.handle(&ring, req(op::READ, 8190, 16), DaxBuf::User { base }));
+    let res = ring.block_on(e.handle(
+        &ring,
+        req(op::READ, 8190, 16),
+        Buffer::User { base, index: 0 },
+    ));
     assert_eq!(res, -libc::EIO);
-    let res = ring.block_on(e.handle(&ring, req(op::WRITE, 8192, 16), DaxBuf::User { base }));
+    let res = ring.block_on(e.handle(
+        &ring,
+        req(op::WRITE, 8192, 16),
+        Buffer::User { base, index: 0 },
+    ));
     assert_eq!(res, -libc::EIO);
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(e.stats.devices[0].errors.load(Relaxed), 2);
-    let res = ring.block_on(e.handle(&ring, req(op::DISCARD, 8000, 400), DaxBuf::User { base }));
+    let res = ring.block_on(e.handle(
+        &ring,
+        req(op::DISCARD, 8000, 400),
+        Buffer::User { base, index: 0 },
+    ));
     assert_eq!(res, -libc::EIO);
 }
 
@@ -353,7 +369,7 @@ fn discard_and_write_zeroes_punch_and_flush_syncs() {
     let h = |o, s, n| {
         r.ring.block_on(
             r.engine
-                .handle(&r.ring, req(o, s, n), DaxBuf::User { base }),
+                .handle(&r.ring, req(o, s, n), Buffer::User { base, index: 0 }),
         )
     };
     assert_eq!(h(op::DISCARD, 0, 1024), 0);
@@ -392,7 +408,7 @@ fn pos(tag: u16, off: u64) -> u64 {
 #[test]
 fn user_copy_moves_data_between_the_cdev_and_the_mapping() {
     let r = rig();
-    let uc = |tag| DaxBuf::UserCopy {
+    let uc = |tag| Buffer::UserCopy {
         cdev_fixed: 0,
         q_id: 0,
         tag,
@@ -458,7 +474,7 @@ fn user_copy_moves_data_between_the_cdev_and_the_mapping() {
         .block_on(r.engine.handle(&r.ring, req(op::WRITE, 8700, 8), uc(0)));
     assert_eq!(res, -libc::EIO);
     // A bad fixed file: the ring's error comes back.
-    let bad = DaxBuf::UserCopy {
+    let bad = Buffer::UserCopy {
         cdev_fixed: 5,
         q_id: 0,
         tag: 0,

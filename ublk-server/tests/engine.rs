@@ -12,8 +12,11 @@ use std::os::unix::fs::FileExt;
 use std::rc::Rc;
 
 use rdm_targets::Table;
+use rdm_ublk_server::backend::uring::{Backing, UringBackend};
 use rdm_ublk_server::backing;
-use rdm_ublk_server::engine::{op, Backing, Buffer, Engine};
+use rdm_ublk_server::buffer::{Aux, Buffer};
+use rdm_ublk_server::handler::Handler;
+use rdm_ublk_server::request::op;
 use rdm_ublk_server::ring::{join_all, HostRing};
 
 const BUF: usize = 1 << 20;
@@ -48,7 +51,7 @@ struct Rig {
     paths: Vec<std::path::PathBuf>,
     _files: Vec<fs::File>,
     ring: Rc<HostRing>,
-    engine: Engine,
+    engine: Handler<UringBackend>,
     bufs: Vec<AlignedBuf>,
 }
 
@@ -92,7 +95,14 @@ fn rig(nbufs: usize) -> Rig {
         })
         .collect();
     unsafe { ring.register_buffers(&iovs).unwrap() };
-    let engine = Engine::new(table, back, Some(3));
+    let engine = Handler::new(
+        table,
+        UringBackend { files: back },
+        Aux {
+            zero: Some(3),
+            bytes: None,
+        },
+    );
     Rig {
         _dir: dir,
         paths,

@@ -54,7 +54,7 @@ struct DryRun<'a> {
     block_size: u32,
     read_only: bool,
     table: String,
-    segments: &'a [rdm_targets::Segment],
+    segments: serde_json::Value,
     devices: Vec<DeviceReport<'a>>,
     /// DAX capability of the whole table.
     dax: TableDax<'a>,
@@ -116,7 +116,7 @@ fn print_dry_run(args: &CreateArgs, table: &Table, devices: &[BackingInfo], dax:
             block_size: args.block_size,
             read_only: args.read_only,
             table: table.to_string(),
-            segments: table.segments(),
+            segments: serde_json::to_value(table).expect("plain data")["segments"].take(),
             devices: devices
                 .iter()
                 .zip(&dax.devices)

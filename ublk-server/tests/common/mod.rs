@@ -1,6 +1,6 @@
 //! Helpers shared by the I/O-core test files.
 
-use rdm_ublk_server::engine::Request;
+use rdm_ublk_server::request::Request;
 
 pub fn req(op: u32, sector: u64, nr: u32) -> Request {
     Request {

@@ -1,0 +1,58 @@
+//! How a piece touches a backing device: one trait, one implementation per
+//! way of reaching the devices (as cloud-hypervisor's `AsyncIo`). The
+//! request handler is written once against it.
+
+pub mod dax;
+pub mod uring;
+
+use rdm_targets::DevIdx;
+
+use crate::buffer::Buffer;
+use crate::ring::Ring;
+
+/// One piece's data transfer.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer {
+    pub dev: DevIdx,
+    /// Byte offset on the device.
+    pub dev_offset: u64,
+    /// Byte offset in the request buffer.
+    pub buf_offset: u64,
+    pub len: u64,
+    pub write: bool,
+    /// Durable before completion.
+    pub fua: bool,
+}
+
+// The queue executor is single-threaded: the futures need not be Send.
+#[allow(async_fn_in_trait)]
+pub trait Backend {
+    /// Moves one piece between the request buffer and a device.
+    async fn transfer<R: Ring>(&self, ring: &R, t: Transfer, buf: Buffer) -> Result<(), i32>;
+
+    /// Makes everything written to `dev` durable.
+    async fn flush<R: Ring>(&self, ring: &R, dev: DevIdx) -> Result<(), i32>;
+
+    /// DISCARD (`discard`) or WRITE_ZEROES of a byte range: afterwards it
+    /// reads as zeros.
+    async fn zero_range<R: Ring>(
+        &self,
+        ring: &R,
+        dev: DevIdx,
+        offset: u64,
+        len: u64,
+        discard: bool,
+    ) -> Result<(), i32>;
+
+    /// Sets one byte on the device, durably (dm-flakey's write corruption).
+    async fn set_byte<R: Ring>(
+        &self,
+        ring: &R,
+        dev: DevIdx,
+        offset: u64,
+        value: u8,
+    ) -> Result<(), i32>;
+
+    /// How `dev` is accessed, for status: `o_direct`, `buffered` or `dax`.
+    fn access(&self, dev: DevIdx) -> &'static str;
+}
