@@ -50,6 +50,8 @@ pub struct BenchOpts {
     pub quick: bool,
     pub only: Option<String>,
     pub host: bool,
+    /// An rdm binary to run every rdm row with as well (`was-ROW`).
+    pub baseline: Option<PathBuf>,
     pub in_guest: bool,
     /// Only re-render the report from the last runs file.
     pub report_only: bool,
@@ -131,6 +133,13 @@ pub fn run_bench(o: &BenchOpts) -> Result<i32> {
         ("RDM_BENCH_OUT".to_string(), runs_file.display().to_string()),
         ("RDM_BENCH_RDM".to_string(), rdm_bin.display().to_string()),
     ];
+    if let Some(b) = &o.baseline {
+        // A private copy, like rdm's own.
+        let copy = dir.join(format!("rdm-baseline-{}", o.kernel.name()));
+        let _ = fs::remove_file(&copy);
+        fs::copy(b, &copy).with_context(|| format!("cannot copy {}", b.display()))?;
+        env.push(("RDM_BENCH_BASELINE".to_string(), copy.display().to_string()));
+    }
     if let Some(n) = rublk_note {
         env.push(("RDM_BENCH_RUBLK_UNAVAILABLE".into(), n));
     }
@@ -149,6 +158,7 @@ pub fn run_bench(o: &BenchOpts) -> Result<i32> {
         cwd: root.clone(),
         argv,
         stdin_null: true,
+        sysroot: None,
     };
     let status = vm::run_in_vm(&cfg)?;
     write_report(o, &runs_file, Some(t0.elapsed().as_secs_f64()))?;
@@ -664,6 +674,8 @@ mod guest {
 
     struct Ctx {
         rdm: String,
+        /// `--baseline`: the rdm binary of the `was-` rows.
+        baseline: Option<String>,
         rublk: String,
         dax_flag: bool,
         pmem_ready: bool,
@@ -778,6 +790,20 @@ mod guest {
             t
         };
         let stripes: Vec<String> = (0..STRIPES).map(stripe).collect();
+        // A `was-` row: the same setup with the baseline binary.
+        if let Some(id) = row.id.strip_prefix("was-") {
+            let now = cx.rdm.clone();
+            cx.rdm = cx.baseline.clone().context("no --baseline binary")?;
+            let r = setup(
+                cx,
+                &Row {
+                    id: Box::leak(id.to_string().into_boxed_str()),
+                    ..*row
+                },
+            );
+            cx.rdm = now;
+            return r;
+        }
         let r: Result<String> = (|| match row.id {
             "file-odirect" => Ok(lin()),
             "loop" => losetup(&lin(), &mut undo),
@@ -990,9 +1016,25 @@ mod guest {
             dax_flag,
             pmem_ready: pmem_ready.is_ok(),
             pmem_fs: false,
+            baseline: std::env::var("RDM_BENCH_BASELINE").ok(),
         };
 
-        let all_rows = rows(zc, dax_flag);
+        let mut all_rows = rows(zc, dax_flag);
+        if cx.baseline.is_some() {
+            // Each rdm row followed by the same row on the baseline binary.
+            all_rows = all_rows
+                .into_iter()
+                .flat_map(|r| {
+                    let was = r.id.starts_with("rdm-").then(|| Row {
+                        id: Box::leak(format!("was-{}", r.id).into_boxed_str()),
+                        baseline: r.id,
+                        store: r.store,
+                        what: "the same row on the --baseline binary",
+                    });
+                    std::iter::once(r).chain(was)
+                })
+                .collect();
+        }
         let mut doc = json!({
             "kernel": kver,
             "flavor": o.kernel.name(),

@@ -18,6 +18,7 @@ pub const HOST_PACKAGES: &[&str] = &[
     "kmod",
     "xz-utils",
     "libclang1-14",
+    "debootstrap",
 ];
 
 fn is_installed(pkg: &str) -> Result<bool> {

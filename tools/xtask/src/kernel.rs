@@ -126,7 +126,7 @@ impl Apt {
         let line = format!(
             "deb [signed-by={}] {} trixie-backports main\n",
             keyring.display(),
-            debian_mirror()
+            debian_mirror()?
         );
         fs::write(&list, line).with_context(|| format!("cannot write {}", list.display()))?;
         let d = dir.display();
@@ -161,8 +161,9 @@ impl Apt {
     }
 }
 
-/// The mirror the system's apt sources use for Debian itself.
-fn debian_mirror() -> String {
+/// The mirror the system's apt sources use for Debian itself; there is no
+/// built-in address to fall back on.
+pub fn debian_mirror() -> Result<String> {
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut more: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -178,11 +179,15 @@ fn debian_mirror() -> String {
             if (url.starts_with("http://") || url.starts_with("https://"))
                 && url.ends_with("/debian")
             {
-                return url.to_string();
+                return Ok(url.to_string());
             }
         }
     }
-    "http://deb.debian.org/debian".to_string()
+    bail!(
+        "no Debian mirror in this machine's apt sources (/etc/apt/sources.list, \
+         /etc/apt/sources.list.d/): add one (a URL ending in /debian) to fetch guest kernels \
+         and the systemd root"
+    )
 }
 
 /// Available (kver, packages) for `flavor`, newest first.

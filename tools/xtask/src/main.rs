@@ -4,6 +4,7 @@
 mod bench;
 mod deps;
 mod kernel;
+mod sysroot;
 mod test;
 mod util;
 mod vm;
@@ -39,6 +40,10 @@ enum Cmd {
         /// One vCPU with instruction-counted time (deterministic benchmarks).
         #[arg(long)]
         icount: bool,
+        /// Boot systemd (and udev) as PID 1 from a Debian root made with
+        /// debootstrap (cached in target/vm/sysroot); CMD runs as a service.
+        #[arg(long)]
+        systemd: bool,
         /// Kill the guest after this many seconds.
         #[arg(long, value_name = "SECS", default_value_t = 1200)]
         timeout: u64,
@@ -89,6 +94,11 @@ enum Cmd {
         /// The host-side benchmark of the io core (no ublk, no guest).
         #[arg(long)]
         host: bool,
+        /// Another rdm binary (e.g. a build of the previous commit): every
+        /// rdm row also runs with it in the same boot, as `was-ROW`, with
+        /// its ratio to ROW: before/after that counts.
+        #[arg(long, value_name = "RDM")]
+        baseline: Option<std::path::PathBuf>,
         /// Guest timeout.
         #[arg(long, value_name = "SECS", default_value_t = 7200)]
         timeout: u64,
@@ -146,6 +156,7 @@ fn real_main() -> Result<i32> {
             pmem,
             pmem_image,
             icount,
+            systemd,
             timeout,
             env,
             cmd,
@@ -160,8 +171,13 @@ fn real_main() -> Result<i32> {
                 timeout: Duration::from_secs(timeout),
                 env: env.iter().map(|e| parse_env(e)).collect::<Result<_>>()?,
                 cwd: std::env::current_dir().context("cannot get the current directory")?,
+                stdin_null: systemd,
                 argv: cmd,
-                stdin_null: false,
+                sysroot: if systemd {
+                    Some(sysroot::ensure()?)
+                } else {
+                    None
+                },
             };
             vm::run_in_vm(&cfg)
         }
@@ -189,6 +205,7 @@ fn real_main() -> Result<i32> {
             quick,
             only,
             host,
+            baseline,
             timeout,
             in_guest,
             report_only,
@@ -198,6 +215,7 @@ fn real_main() -> Result<i32> {
             quick,
             only,
             host,
+            baseline,
             in_guest,
             report_only,
             timeout: Duration::from_secs(timeout),
@@ -250,6 +268,7 @@ fn demo(kernel: Flavor) -> Result<i32> {
         cwd: root.clone(),
         argv: vec!["bash".into(), script.display().to_string()],
         stdin_null: true,
+        sysroot: None,
     };
     vm::run_in_vm(&cfg)
 }

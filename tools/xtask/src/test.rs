@@ -2,6 +2,7 @@
 //! binaries inside guests on each kernel (one boot per binary per kernel).
 
 use crate::kernel::{self, Flavor};
+use crate::sysroot;
 use crate::util::{describe, workspace_root};
 use crate::vm::{run_in_vm, Pmem, VmConfig};
 use anyhow::{bail, Context, Result};
@@ -34,12 +35,30 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
         results.push(("host: cargo test --workspace".into(), status_ok(&mut c)));
     }
     if opts.guest {
-        let exes = build_test_binaries()?;
+        let built = build_test_binaries()?;
+        // Guests run private copies: rebuilding while they run (the host
+        // shares the tree over 9p) must not swap a binary under them.
+        let private = workspace_root().join(format!("target/vm/bin/{}", std::process::id()));
+        let _cleanup = RemoveOnDrop(private.clone());
+        let copy = |from: &PathBuf| -> Result<PathBuf> {
+            std::fs::create_dir_all(&private)?;
+            let to = private.join(from.file_name().context("a file name")?);
+            std::fs::copy(from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
+            Ok(to)
+        };
+        let rdm_bin = copy(&workspace_root().join("target/debug/rdm"))?;
+        let mut exes = Vec::new();
+        for (name, exe) in &built {
+            exes.push((name.clone(), copy(exe)?));
+        }
         let tests_dir = workspace_root().join("tests");
-        let rdm_bin = workspace_root().join("target/debug/rdm");
         for &flavor in &opts.kernels {
             let k = kernel::ensure(flavor, false)?;
-            let guest = |label: String, exe: &PathBuf, args: &[&str], pmem: Vec<Pmem>| {
+            let guest = |label: String,
+                         exe: &PathBuf,
+                         args: &[&str],
+                         pmem: Vec<Pmem>,
+                         sysroot: Option<PathBuf>| {
                 eprintln!("\n=== {label}");
                 let mut argv = vec![exe.display().to_string(), "--test-threads=1".into()];
                 argv.extend(args.iter().map(|a| a.to_string()));
@@ -58,6 +77,7 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                     cwd: tests_dir.clone(),
                     argv,
                     stdin_null: true,
+                    sysroot,
                 };
                 let start = Instant::now();
                 let r = match run_in_vm(&cfg) {
@@ -72,10 +92,30 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
             };
             let kname = format!("guest {} ({})", flavor.name(), k.kver);
             for (name, exe) in &exes {
+                // Needs systemd as PID 1: booted below.
+                if name == "systemd" {
+                    continue;
+                }
                 let filter: Vec<&str> = opts.filter.iter().map(String::as_str).collect();
                 // Two NVDIMMs: enough for fsdax and devdax at once.
                 let pmem = vec![Pmem::Fresh(512 << 20), Pmem::Fresh(512 << 20)];
-                results.push(guest(format!("{kname}: {name}"), exe, &filter, pmem));
+                results.push(guest(format!("{kname}: {name}"), exe, &filter, pmem, None));
+            }
+            // The unit and the udev rule under real systemd and udev.
+            const SYSTEMD_TEST: &str = "unit_serves_restarts_recovers_and_stops_under_systemd";
+            let wanted = opts
+                .filter
+                .as_ref()
+                .is_none_or(|f| SYSTEMD_TEST.contains(f.as_str()));
+            if let Some((_, exe)) = exes.iter().find(|(n, _)| n == "systemd").filter(|_| wanted) {
+                let label = format!("{kname}: systemd");
+                match sysroot::ensure() {
+                    Ok(root) => {
+                        let args = ["--ignored", "--exact", SYSTEMD_TEST];
+                        results.push(guest(label, exe, &args, Vec::new(), Some(root)));
+                    }
+                    Err(e) => results.push((label, Err(e))),
+                }
             }
             // Persistence: write and power off hard in one boot, check in the
             // next, on the same pmem image.
@@ -109,6 +149,7 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                         exe,
                         &["--ignored", "--exact", phase],
                         vec![Pmem::Image(img.clone())],
+                        None,
                     );
                     let failed = r.is_err();
                     results.push((label, r));
@@ -134,6 +175,15 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
         bail!("{failed} of {} test runs failed", results.len());
     }
     Ok(())
+}
+
+/// Removes a directory when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn status_ok(c: &mut Command) -> Result<()> {

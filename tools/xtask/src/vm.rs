@@ -5,6 +5,11 @@
 //! read-write, then switch_roots into the host's bash running
 //! `tools/vm/stage2.sh`, which runs the command and writes its exit status
 //! to the control dir before powering off.
+//!
+//! With a systemd root ([`VmConfig::sysroot`]), stage 1 instead lays a
+//! tmpfs overlay over that root, adds the guest kernel's modules and a unit
+//! that runs `tools/vm/stage2-systemd.sh`, and switch_roots into systemd as
+//! PID 1: the command runs as a service, next to real systemd and udev.
 
 use crate::kernel::{self, Kernel};
 use crate::util::{cache_dir, describe, run, shell_quote, workspace_root};
@@ -19,9 +24,10 @@ use std::time::{Duration, Instant};
 
 const STAGE1: &str = include_str!("../../vm/init");
 const STAGE2: &str = include_str!("../../vm/stage2.sh");
+const STAGE2_SYSTEMD: &str = include_str!("../../vm/stage2-systemd.sh");
 
 /// Stage 1 needs only the 9p client; stage 2 loads the rest with modprobe.
-const STAGE1_MODULES: &[&str] = &["netfs", "9pnet", "9p", "9pnet_virtio"];
+const STAGE1_MODULES: &[&str] = &["netfs", "9pnet", "9p", "9pnet_virtio", "overlay"];
 
 /// Environment variables passed through to the guest command by default.
 const PASS_ENV: &[&str] = &["PATH", "HOME", "TERM", "USER", "RUST_BACKTRACE", "RUST_LOG"];
@@ -45,6 +51,8 @@ pub struct VmConfig {
     pub argv: Vec<String>,
     /// Give the guest command no stdin (tests), instead of the terminal.
     pub stdin_null: bool,
+    /// Boot systemd as PID 1 from this root (see [`crate::sysroot`]).
+    pub sysroot: Option<PathBuf>,
 }
 
 /// Boots the guest and returns the command's exit status.
@@ -116,14 +124,17 @@ fn boot(cfg: &VmConfig, run_dir: &Path, ctl: &Path) -> Result<i32> {
         .arg(&initramfs);
     // quiet + loglevel=3 keep the kernel's chatter out of the command's
     // output; panic=-1 + -no-reboot turns a panic into a qemu exit.
-    qemu.args([
-        "-append",
-        "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off",
-    ]);
+    let mut append = "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off".to_string();
+    if cfg.sysroot.is_some() {
+        append.push_str(" systemd.show_status=0 systemd.log_level=warning");
+    }
+    qemu.args(["-append", &append]);
+    let sysroot = cfg.sysroot.clone().unwrap_or_else(|| PathBuf::from("/"));
     for (tag, path, ro) in [
         ("hostroot", Path::new("/"), true),
         ("tree", &tree, false),
         ("ctl", ctl, false),
+        ("sysroot", &sysroot, true),
     ] {
         qemu.args([
             "-fsdev",
@@ -220,10 +231,21 @@ fn write_ctl(cfg: &VmConfig, tree: &Path, ctl: &Path) -> Result<()> {
             .with_context(|| format!("non-UTF-8 path {}", p.display()))
     };
     let env1 = format!(
-        "RDM_TREE={}\nRDM_CTL={}\nRDM_KROOT={}\n",
+        "RDM_TREE={}\nRDM_CTL={}\nRDM_KROOT={}\nRDM_KVER={}\nRDM_SYSTEMD={}\n",
         shell_quote(&path_str(tree)?),
         shell_quote(&path_str(ctl)?),
-        shell_quote(&path_str(&cfg.kernel.root)?)
+        shell_quote(&path_str(&cfg.kernel.root)?),
+        shell_quote(&cfg.kernel.kver),
+        if cfg.sysroot.is_some() { "1" } else { "" }
+    );
+    // The unit that runs the command under systemd (systemd mode only).
+    let unit = format!(
+        "[Unit]\nDescription=rdm VM rig: the command under test\n\
+         Wants=systemd-udev-trigger.service systemd-udev-settle.service\n\
+         After=systemd-udev-trigger.service systemd-udev-settle.service local-fs.target\n\
+         [Service]\nType=oneshot\nTimeoutStartSec=infinity\n\
+         ExecStart=/bin/bash {ctl}/stage2-systemd.sh {ctl}\n",
+        ctl = shell_quote(&path_str(ctl)?)
     );
     let mut env = Vec::new();
     for (k, v) in std::env::vars() {
@@ -240,9 +262,11 @@ fn write_ctl(cfg: &VmConfig, tree: &Path, ctl: &Path) -> Result<()> {
         }
         v
     };
-    let files: [(&str, Vec<u8>); 5] = [
+    let files: [(&str, Vec<u8>); 7] = [
         ("stage1.env", env1.into_bytes()),
         ("stage2.sh", STAGE2.as_bytes().to_vec()),
+        ("stage2-systemd.sh", STAGE2_SYSTEMD.as_bytes().to_vec()),
+        ("rdm-vm.service", unit.into_bytes()),
         ("args", nul_join(&mut cfg.argv.iter().cloned())),
         (
             "env",
