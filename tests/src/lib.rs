@@ -273,7 +273,7 @@ pub fn assert_no_trace(name: &str, nodes_before: &BTreeSet<String>) {
     assert_eq!(ls_entry(name), None, "`rdm ls` still lists {name}");
     let run =
         std::env::var_os("RDM_RUN_DIR").map_or_else(|| PathBuf::from("/run/rdm"), PathBuf::from);
-    for ext in ["json", "sock"] {
+    for ext in ["json", "sock", "lock"] {
         let p = run.join(format!("{name}.{ext}"));
         assert!(!p.exists(), "stale {} left behind", p.display());
     }
@@ -468,18 +468,33 @@ pub struct Dm {
 
 impl Dm {
     pub fn new(name: &str, table: &str) -> Dm {
+        Dm::try_new(name, table).unwrap_or_else(|out| panic!("dmsetup create {name}: {out}"))
+    }
+
+    /// `dmsetup create`, or its failed outcome (nothing is left behind).
+    pub fn try_new(name: &str, table: &str) -> Result<Dm, Out> {
         // dmsetup reads one table line per line.
         let table = table.replace(';', "\n");
-        if table.contains(" zero") {
-            load_module("dm-zero");
+        for (word, module) in [
+            (" zero", "dm-zero"),
+            (" flakey ", "dm-flakey"),
+            (" delay ", "dm-delay"),
+        ] {
+            if table.contains(word) {
+                load_module(module);
+            }
         }
-        run(dmsetup().args(["create", name, "--table", &table]));
+        let out = output(dmsetup().args(["create", name, "--table", &table]));
+        if !out.ok() {
+            let _ = dmsetup().args(["remove", name]).output();
+            return Err(out);
+        }
         let dev = format!("/dev/mapper/{name}");
         wait_for_path(&dev, Duration::from_secs(10));
-        Dm {
+        Ok(Dm {
             name: name.to_string(),
             dev,
-        }
+        })
     }
 }
 

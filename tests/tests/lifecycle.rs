@@ -416,7 +416,9 @@ fn killed_server_shows_dead_and_force_remove_cleans_up() {
     let a = s.file("a.img", 4 * MIB);
     let table = format!("0 8192 linear {a} 0");
     let nodes = ublk_nodes();
-    let dev = Device::create("life-kill", &table, &[]);
+    // Without recovery a dead server leaves a dead device (the default,
+    // recovery, is tested in recovery.rs).
+    let dev = Device::create("life-kill", &table, &["--recovery", "off"]);
     pwrite_direct(dev.bdev_str(), 0, &[3u8; 4096], libc::O_SYNC).unwrap();
     let e = ls_entry("life-kill").expect("listed");
     let pid = e["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {e}")) as i32;

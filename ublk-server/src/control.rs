@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::features::DataMode;
+use crate::dax_path::DaxPolicy;
+use crate::features::{DataMode, ZeroCopy};
+use crate::recovery::{self, Recovery};
 
 /// The run directory: `$RDM_RUN_DIR` or `/run/rdm`.
 pub fn run_dir() -> PathBuf {
@@ -44,6 +46,14 @@ pub enum ControlError {
     Exists(String),
     #[error("device {0} exists but its server is dead; clean it up with `rdm remove --force {0}`")]
     ExistsDead(String),
+    #[error("device {0} is waiting for recovery: its server died; `rdm recover {0}` re-attaches it (`rdm remove --force {0}` deletes it)")]
+    Waiting(String),
+    #[error("device {0} is live (pid {1}): there is nothing to recover")]
+    NotWaiting(String, u32),
+    #[error("device {0} cannot be recovered: its server died and {1}; `rdm remove --force {0}` deletes it")]
+    Unrecoverable(String, &'static str),
+    #[error("a recovery of device {0} is already under way")]
+    RecoveryBusy(String),
     #[error("no device named {0}")]
     NotFound(String),
     #[error("{path}: {cause}")]
@@ -96,6 +106,27 @@ pub struct DeviceState {
     pub size_bytes: u64,
     /// The normalized table.
     pub table: String,
+    /// What the kernel does with I/O while no server is attached.
+    #[serde(default)]
+    pub recovery: Recovery,
+    /// `--zero-copy` and `--dax` as given: a recovery serves the same way.
+    #[serde(default)]
+    pub zero_copy: Option<ZeroCopy>,
+    #[serde(default)]
+    pub dax: Option<DaxPolicy>,
+    /// Each backing device as it was when the device was created: a
+    /// recovery refuses files that are not the same or have shrunk.
+    #[serde(default)]
+    pub devices: Vec<DeviceRecord>,
+}
+
+/// One backing device's identity, recorded for recovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub path: PathBuf,
+    /// (st_dev, st_ino), or the device number of a block device.
+    pub identity: (u64, u64),
+    pub size_bytes: u64,
 }
 
 /// Whether a recorded device's server is still there.
@@ -104,6 +135,9 @@ pub struct DeviceState {
 pub enum Liveness {
     Live,
     Starting,
+    /// The server died and the device waits for `rdm recover`, or a new
+    /// server is re-attaching it.
+    Recovering,
     Dead,
 }
 
@@ -130,19 +164,26 @@ pub fn pid_alive(pid: u32, start: u64) -> bool {
 impl DeviceState {
     pub fn liveness(&self) -> Liveness {
         match (pid_alive(self.pid, self.pid_start), self.state.as_str()) {
+            (false, _) if recovery::waiting(self) => Liveness::Recovering,
             (false, _) => Liveness::Dead,
             (true, "live") => Liveness::Live,
+            (true, "recovering") => Liveness::Recovering,
             (true, _) => Liveness::Starting,
         }
     }
 }
 
 /// Owns a device's state file and socket; removes both when dropped by
-/// the process that claimed them.
+/// the process that claimed them. A guard that adopted a waiting device
+/// puts its record back instead, until the device is live again
+/// ([`StateGuard::settle`]): a failed recovery leaves it waiting.
 #[derive(Debug)]
 pub struct StateGuard {
     name: String,
     pid: u32,
+    restore: std::sync::Mutex<Option<DeviceState>>,
+    /// The recovery lock (`NAME.lock`, flock'ed), held while adopted.
+    _lock: Option<fs::File>,
 }
 
 impl StateGuard {
@@ -161,10 +202,9 @@ impl StateGuard {
         match created {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(match read_state(&state.name) {
-                    Ok(s) if s.liveness() == Liveness::Dead => {
-                        ControlError::ExistsDead(state.name.clone())
-                    }
+                return Err(match read_state(&state.name).map(|s| s.liveness()) {
+                    Ok(Liveness::Dead) => ControlError::ExistsDead(state.name.clone()),
+                    Ok(Liveness::Recovering) => ControlError::Waiting(state.name.clone()),
                     _ => ControlError::Exists(state.name.clone()),
                 });
             }
@@ -173,9 +213,64 @@ impl StateGuard {
         let guard = StateGuard {
             name: state.name.clone(),
             pid: std::process::id(),
+            restore: std::sync::Mutex::new(None),
+            _lock: None,
         };
         guard.update(state)?;
         Ok(guard)
+    }
+
+    /// Takes over the record of a device waiting for recovery: only one
+    /// process at a time (an flock on `NAME.lock`), only if its server is
+    /// gone and the kernel still has the device. Returns the record as it
+    /// was.
+    pub fn adopt(name: &str) -> Result<(StateGuard, DeviceState), ControlError> {
+        check_name(name)?;
+        let path = run_dir().join(format!("{name}.lock"));
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on an open fd.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(ControlError::RecoveryBusy(name.to_string()));
+        }
+        let old = read_state(name)?;
+        if pid_alive(old.pid, old.pid_start) {
+            return Err(match old.state.as_str() {
+                "recovering" => ControlError::RecoveryBusy(name.to_string()),
+                _ => ControlError::NotWaiting(name.to_string(), old.pid),
+            });
+        }
+        if old.recovery == Recovery::Off {
+            return Err(ControlError::Unrecoverable(
+                name.to_string(),
+                "it was created with --recovery off",
+            ));
+        }
+        if !recovery::waiting(&old) {
+            return Err(ControlError::Unrecoverable(
+                name.to_string(),
+                "the kernel no longer has its device",
+            ));
+        }
+        let guard = StateGuard {
+            name: name.to_string(),
+            pid: std::process::id(),
+            restore: std::sync::Mutex::new(Some(old.clone())),
+            _lock: Some(lock),
+        };
+        Ok((guard, old))
+    }
+
+    /// The adopted device is live again: from now on the record goes with
+    /// the server, as for a created one.
+    pub fn settle(&self) {
+        *self.restore.lock().expect("not poisoned") = None;
     }
 
     /// Rewrites the state file atomically.
@@ -197,8 +292,17 @@ impl StateGuard {
 
 impl Drop for StateGuard {
     fn drop(&mut self) {
-        if std::process::id() == self.pid {
-            remove_state(&self.name);
+        if std::process::id() != self.pid {
+            return;
+        }
+        match self.restore.lock().map(|mut r| r.take()) {
+            Ok(Some(old)) => {
+                let _ = fs::remove_file(socket_path(&self.name));
+                if let Err(e) = self.update(&old) {
+                    tracing::error!("cannot restore the record of {}: {e}", self.name);
+                }
+            }
+            _ => remove_state(&self.name),
         }
     }
 }
@@ -207,6 +311,7 @@ impl Drop for StateGuard {
 pub fn remove_state(name: &str) {
     let _ = fs::remove_file(socket_path(name));
     let _ = fs::remove_file(state_path(name));
+    let _ = fs::remove_file(run_dir().join(format!("{name}.lock")));
 }
 
 pub fn read_state(name: &str) -> Result<DeviceState, ControlError> {
@@ -341,6 +446,10 @@ mod tests {
             read_only: false,
             size_bytes: 512,
             table: "0 1 zero\n".into(),
+            recovery: Recovery::Off,
+            zero_copy: None,
+            dax: None,
+            devices: Vec::new(),
         };
         let g = StateGuard::claim(&st).unwrap();
         assert!(matches!(

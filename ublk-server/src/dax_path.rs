@@ -21,7 +21,7 @@ use rdm_targets::Table;
 use serde::Serialize;
 
 /// `--dax`: whether to serve through the DAX path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum DaxPolicy {
     /// Use DAX when the whole table can; otherwise fall back to io_uring

@@ -70,12 +70,22 @@ impl DataMode {
 }
 
 /// What the user asked for with `--zero-copy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ZeroCopy {
     Auto,
     On,
     Off,
+}
+
+impl ZeroCopy {
+    pub fn name(self) -> &'static str {
+        match self {
+            ZeroCopy::Auto => "auto",
+            ZeroCopy::On => "on",
+            ZeroCopy::Off => "off",
+        }
+    }
 }
 
 /// Picks the mode from the kernel's features, or says why `on` cannot be had.

@@ -14,6 +14,7 @@ pub mod control;
 pub mod dax_path;
 pub mod features;
 pub mod handler;
+pub mod recovery;
 pub mod request;
 pub mod ring;
 pub mod server;

@@ -34,10 +34,11 @@ use crate::backend::uring::{Backing, UringBackend};
 use crate::backend::Backend;
 use crate::backing::{self, BackingError};
 use crate::buffer::{Aux, Buffer, BYTES};
-use crate::control::{self, ControlError, DeviceState, StateGuard};
+use crate::control::{self, ControlError, DeviceRecord, DeviceState, StateGuard};
 use crate::dax_path::{self, DaxDecision, DaxDecisionError, DaxPolicy};
 use crate::features::{self, DataMode, ZeroCopy};
 use crate::handler::Handler;
+use crate::recovery::Recovery;
 use crate::request::Request;
 use crate::stats::{Snapshot, Stats};
 
@@ -58,6 +59,10 @@ pub struct Config {
     pub block_size: u32,
     pub read_only: bool,
     pub dax: DaxPolicy,
+    pub recovery: Recovery,
+    /// Re-attach to the waiting device of this name (`rdm recover`)
+    /// instead of creating one.
+    pub recover: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +70,7 @@ pub enum ServerError {
     #[error("{name}: this kernel has no ublk (/dev/ublk-control is missing or GET_FEATURES failed); load the ublk_drv module")]
     NoUblk { name: String },
     #[error("{name}: {msg}")]
-    ZeroCopy { name: String, msg: String },
+    Unsupported { name: String, msg: String },
     #[error("{name}: {source}")]
     Backing { name: String, source: BackingError },
     #[error(transparent)]
@@ -87,6 +92,8 @@ pub enum ServerError {
         count: usize,
         max: usize,
     },
+    #[error("{name}: {msg}")]
+    Recovery { name: String, msg: String },
     #[error("{name}: ublk {op} failed: {cause}")]
     Ublk {
         name: String,
@@ -159,25 +166,18 @@ pub fn serve(
     on_live: impl FnOnce(&Live) + Send + Sync + 'static,
 ) -> Result<(), ServerError> {
     let sigset = block_term_signals();
-    let mut state = DeviceState {
-        name: cfg.name.clone(),
-        pid: std::process::id(),
-        pid_start: control::process_start(std::process::id()).unwrap_or(0),
-        state: "starting".into(),
-        dev_id: None,
-        bdev: None,
-        mode: None,
-        queues: cfg.queues,
-        depth: cfg.depth,
-        block_size: cfg.block_size,
-        read_only: cfg.read_only,
-        size_bytes: cfg.table.total_bytes(),
-        table: cfg.table.to_string(),
-    };
-    let guard = Arc::new(StateGuard::claim(&state)?);
-    let probed = probe(&cfg)?;
+    let (guard, mut state, waiting) = claim_or_adopt(&cfg)?;
+    let guard = Arc::new(guard);
+    let probed = probe(&cfg, waiting.as_ref())?;
+    // Everything a recovery needs is recorded before the device exists.
+    state.devices = probed.records.clone();
+    guard.update(&state)?;
+    let features = probed.features;
     let path = open_data_path(&cfg, probed)?;
-    let (ctrl, mode) = add_device(&cfg, path.mode)?;
+    let (ctrl, mode) = match &waiting {
+        Some(old) => recover_device(&cfg, old, path.mode)?,
+        None => add_device(&cfg, path.mode, features)?,
+    };
     // Record the id before the block device appears, so that udev's
     // `rdm udev-name ublkbN` can name it as soon as it does.
     state.dev_id = Some(ctrl.dev_info().dev_id);
@@ -207,22 +207,61 @@ fn ublk_err(name: &str, op: &'static str, e: UblkError) -> ServerError {
     }
 }
 
+/// A new record (create), or the record of a device waiting for recovery
+/// taken over (recover), with that record as it was.
+fn claim_or_adopt(
+    cfg: &Config,
+) -> Result<(StateGuard, DeviceState, Option<DeviceState>), ServerError> {
+    let me = std::process::id();
+    if cfg.recover {
+        let (guard, old) = StateGuard::adopt(&cfg.name)?;
+        let mut state = old.clone();
+        state.pid = me;
+        state.pid_start = control::process_start(me).unwrap_or(0);
+        state.state = "recovering".into();
+        guard.update(&state)?;
+        return Ok((guard, state, Some(old)));
+    }
+    let state = DeviceState {
+        name: cfg.name.clone(),
+        pid: me,
+        pid_start: control::process_start(me).unwrap_or(0),
+        state: "starting".into(),
+        dev_id: None,
+        bdev: None,
+        mode: None,
+        queues: cfg.queues,
+        depth: cfg.depth,
+        block_size: cfg.block_size,
+        read_only: cfg.read_only,
+        size_bytes: cfg.table.total_bytes(),
+        table: cfg.table.to_string(),
+        recovery: cfg.recovery,
+        zero_copy: Some(cfg.zero_copy),
+        dax: Some(cfg.dax),
+        devices: Vec::new(),
+    };
+    Ok((StateGuard::claim(&state)?, state, None))
+}
+
 /// What [`probe`] found out before anything exists.
 struct Probed {
     features: u64,
     mode: DataMode,
     dax: DaxDecision,
+    records: Vec<DeviceRecord>,
 }
 
 /// Step 1: the kernel's ublk features and the data-path mode they allow;
-/// the backing devices checked against the table; DAX decided (`required`
-/// fails here, before any device exists).
-fn probe(cfg: &Config) -> Result<Probed, ServerError> {
+/// the backing devices checked against the table (and, for a recovery,
+/// against what was recorded: the same objects, not smaller); DAX decided
+/// (`required` fails here, before any device exists).
+fn probe(cfg: &Config, waiting: Option<&DeviceState>) -> Result<Probed, ServerError> {
     let name = &cfg.name;
     let features =
         UblkCtrl::get_features().ok_or_else(|| ServerError::NoUblk { name: name.clone() })?;
     let mode =
-        features::choose_mode(cfg.zero_copy, features).map_err(|msg| ServerError::ZeroCopy {
+        features::choose_mode(cfg.zero_copy, features).map_err(|msg| ServerError::Unsupported {
             name: name.clone(),
             msg,
         })?;
@@ -232,6 +271,24 @@ fn probe(cfg: &Config) -> Result<Probed, ServerError> {
             source,
         }
     })?;
+    let records: Vec<DeviceRecord> = infos
+        .iter()
+        .map(|b| DeviceRecord {
+            path: b.path.clone(),
+            identity: b.info.identity,
+            size_bytes: b.info.size_bytes,
+        })
+        .collect();
+    if let Some(old) = waiting {
+        check_same_devices(name, &old.devices, &records)?;
+    } else {
+        cfg.recovery
+            .ctrl_flags(features)
+            .map_err(|msg| ServerError::Unsupported {
+                name: name.clone(),
+                msg,
+            })?;
+    }
     let dax = dax_path::decide(&cfg.table, cfg.dax).map_err(|source| ServerError::Dax {
         name: name.clone(),
         source,
@@ -255,7 +312,43 @@ fn probe(cfg: &Config) -> Result<Probed, ServerError> {
         features,
         mode,
         dax,
+        records,
     })
+}
+
+/// A recovery serves the same objects as before: each backing device must
+/// be the same file (or block device) and at least as large.
+fn check_same_devices(
+    name: &str,
+    was: &[DeviceRecord],
+    now: &[DeviceRecord],
+) -> Result<(), ServerError> {
+    let refuse = |msg: String| {
+        Err(ServerError::Recovery {
+            name: name.to_string(),
+            msg: format!("{msg}; the device is left waiting, nothing was changed"),
+        })
+    };
+    for w in was {
+        let Some(n) = now.iter().find(|n| n.path == w.path) else {
+            return refuse(format!("{} is no longer in the table", w.path.display()));
+        };
+        if n.identity != w.identity {
+            return refuse(format!(
+                "{} was replaced by another file since the device was created",
+                w.path.display()
+            ));
+        }
+        if n.size_bytes < w.size_bytes {
+            return refuse(format!(
+                "{} shrank from {} to {} bytes since the device was created",
+                w.path.display(),
+                w.size_bytes,
+                n.size_bytes
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The chosen data path, ready to serve.
@@ -294,6 +387,7 @@ fn open_data_path(cfg: &Config, probed: Probed) -> Result<DataPath, ServerError>
         features,
         mut mode,
         dax,
+        ..
     } = probed;
     tracing::debug!(features = format!("{features:#x}"), "ublk features");
     let mut files: Vec<File> = Vec::new();
@@ -370,8 +464,18 @@ fn bytes_file() -> std::io::Result<File> {
 
 /// Step 3: ADD_DEV. From here the device exists and `UblkCtrl`'s `Drop`
 /// deletes it. Returns the mode the kernel actually granted.
-fn add_device(cfg: &Config, mut mode: DataMode) -> Result<(Arc<UblkCtrl>, DataMode), ServerError> {
-    let mut ctrl_flags = 0u64;
+fn add_device(
+    cfg: &Config,
+    mut mode: DataMode,
+    features: u64,
+) -> Result<(Arc<UblkCtrl>, DataMode), ServerError> {
+    let mut ctrl_flags =
+        cfg.recovery
+            .ctrl_flags(features)
+            .map_err(|msg| ServerError::Unsupported {
+                name: cfg.name.clone(),
+                msg,
+            })?;
     if mode == DataMode::ZeroCopy {
         ctrl_flags |= features::F_AUTO_BUF_REG | features::F_SUPPORT_ZERO_COPY;
     }
@@ -390,7 +494,7 @@ fn add_device(cfg: &Config, mut mode: DataMode) -> Result<(Arc<UblkCtrl>, DataMo
     let granted = ctrl.dev_info().flags;
     if mode == DataMode::ZeroCopy && granted & features::F_AUTO_BUF_REG == 0 {
         if cfg.zero_copy == ZeroCopy::On {
-            return Err(ServerError::ZeroCopy {
+            return Err(ServerError::Unsupported {
                 name: cfg.name.clone(),
                 msg: format!("the kernel did not grant UBLK_F_AUTO_BUF_REG (granted {granted:#x})"),
             });
@@ -403,6 +507,51 @@ fn add_device(cfg: &Config, mut mode: DataMode) -> Result<(Arc<UblkCtrl>, DataMo
         mode = mode.name(),
         "device added"
     );
+    Ok((ctrl, mode))
+}
+
+/// Step 3, recovering: START_USER_RECOVERY on the waiting device (the
+/// queues' FETCH and END_USER_RECOVERY follow in [`run_queues`]). A failure
+/// here leaves the device waiting: `UblkCtrl` deletes only what it added.
+/// The data path is the one the device was created with.
+fn recover_device(
+    cfg: &Config,
+    old: &DeviceState,
+    mode: DataMode,
+) -> Result<(Arc<UblkCtrl>, DataMode), ServerError> {
+    let id = old.dev_id.ok_or_else(|| ServerError::Recovery {
+        name: cfg.name.clone(),
+        msg: "no device id was recorded".into(),
+    })?;
+    let ctrl = Arc::new(
+        UblkCtrlBuilder::default()
+            .name("rdm")
+            .id(id as i32)
+            .nr_queues(cfg.queues)
+            .depth(cfg.depth)
+            .io_buf_bytes(IO_BUF_BYTES)
+            .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV)
+            .build()
+            .map_err(|e| ublk_err(&cfg.name, "GET_DEV_INFO", e))?,
+    );
+    match ctrl.start_user_recover() {
+        Ok(r) if r >= 0 => {}
+        Ok(r) => {
+            return Err(ublk_err(
+                &cfg.name,
+                "START_USER_RECOVERY",
+                UblkError::OtherError(r),
+            ))
+        }
+        Err(e) => return Err(ublk_err(&cfg.name, "START_USER_RECOVERY", e)),
+    }
+    let granted = ctrl.dev_info().flags;
+    let mode = match mode {
+        DataMode::Dax => DataMode::Dax,
+        _ if granted & features::F_AUTO_BUF_REG != 0 => DataMode::ZeroCopy,
+        _ => DataMode::Copy,
+    };
+    tracing::info!(dev_id = id, mode = mode.name(), "recovering the device");
     Ok((ctrl, mode))
 }
 
@@ -494,6 +643,7 @@ fn run_queues(
         .and_then(|()| guard.update(&state));
         match started {
             Ok(()) => {
+                guard.settle();
                 tracing::info!(bdev = %live.bdev, "device is live");
                 on_live(&live);
             }

@@ -57,17 +57,23 @@ struct Rig {
 
 /// Three 4 MiB files under a table of linear + striped ×3 + zero + error.
 fn rig(nbufs: usize) -> Rig {
+    rig_with(
+        nbufs,
+        "0 2048 linear {a} 4096\n2048 6144 striped 3 16 {a} 0 {b} 0 {c} 0\n8192 512 zero\n8704 8 error\n",
+    )
+}
+
+/// Three 4 MiB files `{a}`, `{b}`, `{c}` under the table `tpl`.
+fn rig_with(nbufs: usize, tpl: &str) -> Rig {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let paths: Vec<_> = (0..3).map(|i| dir.path().join(format!("f{i}"))).collect();
     for p in &paths {
         fs::File::create(p).unwrap().set_len(4 << 20).unwrap();
     }
-    let text = format!(
-        "0 2048 linear {a} 4096\n2048 6144 striped 3 16 {a} 0 {b} 0 {c} 0\n8192 512 zero\n8704 8 error\n",
-        a = paths[0].display(),
-        b = paths[1].display(),
-        c = paths[2].display()
-    );
+    let text = tpl
+        .replace("{a}", &paths[0].display().to_string())
+        .replace("{b}", &paths[1].display().to_string())
+        .replace("{c}", &paths[2].display().to_string());
     let table = Table::parse(&text).unwrap();
     backing::check_table(&table, true).unwrap();
     let mut files = Vec::new();
@@ -81,6 +87,7 @@ fn rig(nbufs: usize) -> Rig {
         });
     }
     let zero = fs::File::open("/dev/zero").unwrap();
+    let zero_fixed = files.len() as u32;
     let ring = HostRing::new(256).unwrap();
     let mut fds: Vec<_> = files.iter().map(|f| f.as_raw_fd()).collect();
     fds.push(zero.as_raw_fd());
@@ -99,7 +106,7 @@ fn rig(nbufs: usize) -> Rig {
         table,
         UringBackend { files: back },
         Aux {
-            zero: Some(3),
+            zero: Some(zero_fixed),
             bytes: None,
         },
     );
@@ -325,4 +332,74 @@ fn unknown_ops_are_refused() {
         .ring
         .block_on(r.engine.handle(&r.ring, req(4, 0, 8), user(&r, 0)));
     assert_eq!(res, -libc::EOPNOTSUPP);
+}
+
+#[test]
+fn delay_holds_a_piece_on_the_ring_for_its_delay() {
+    let r = rig_with(1, "0 64 delay {a} 0 40 {a} 0 0");
+    let t = std::time::Instant::now();
+    let res = r
+        .ring
+        .block_on(r.engine.handle(&r.ring, req(op::READ, 0, 8), user(&r, 0)));
+    assert_eq!(res, 4096);
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(40),
+        "{:?}",
+        t.elapsed()
+    );
+    let names = [r.paths[0].display().to_string()];
+    let st = r.engine.table.status_lines(&[0]);
+    assert_eq!(
+        st,
+        vec!["0 64 delay 0 0 0".to_string()],
+        "{names:?}: nothing held now"
+    );
+}
+
+#[test]
+fn flakey_corrupts_reads_in_the_buffer_and_writes_on_the_device() {
+    let data = pattern(3, 4096);
+    // A read corruption changes what the caller gets, not the file.
+    let r = rig_with(1, "0 64 flakey {a} 8 0 1 5 corrupt_bio_byte 10 r 7 0");
+    fs::write(&r.paths[0], [vec![0u8; 4096], data.clone()].concat()).unwrap();
+    let res = r
+        .ring
+        .block_on(r.engine.handle(&r.ring, req(op::READ, 0, 8), user(&r, 0)));
+    assert_eq!(res, 4096);
+    let mut want = data.clone();
+    want[9] = 7;
+    assert_eq!(&r.bufs[0].slice()[..4096], &want[..]);
+    assert_eq!(fs::read(&r.paths[0]).unwrap()[4096..8192], data[..]);
+    // A write corruption lands on the device; the caller's data is intact.
+    let r = rig_with(1, "0 64 flakey {a} 8 0 1 5 corrupt_bio_byte 4000 w 7 0");
+    r.bufs[0].slice()[..4096].copy_from_slice(&data);
+    let res = r
+        .ring
+        .block_on(r.engine.handle(&r.ring, req(op::WRITE, 0, 8), user(&r, 0)));
+    assert_eq!(res, 4096);
+    let mut want = data.clone();
+    want[3999] = 7;
+    assert_eq!(fs::read(&r.paths[0]).unwrap()[4096..8192], want[..]);
+    assert_eq!(&r.bufs[0].slice()[..4096], &data[..]);
+}
+
+#[test]
+fn flakey_drops_or_fails_writes_while_down() {
+    let data = pattern(4, 4096);
+    for (features, want) in [("1 drop_writes", 4096), ("1 error_writes", -libc::EIO)] {
+        let r = rig_with(1, &format!("0 64 flakey {{a}} 0 0 1 {features}"));
+        r.bufs[0].slice()[..4096].copy_from_slice(&data);
+        let res = r
+            .ring
+            .block_on(r.engine.handle(&r.ring, req(op::WRITE, 0, 8), user(&r, 0)));
+        assert_eq!(res, want, "{features}");
+        assert!(fs::read(&r.paths[0]).unwrap()[..4096]
+            .iter()
+            .all(|&b| b == 0));
+        // Flushes go the way of writes.
+        let res = r
+            .ring
+            .block_on(r.engine.handle(&r.ring, req(op::FLUSH, 0, 0), user(&r, 0)));
+        assert_eq!(res, if want > 0 { 0 } else { want }, "{features}: flush");
+    }
 }

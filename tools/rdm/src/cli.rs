@@ -1,6 +1,9 @@
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+pub use rdm_ublk_server::dax_path::DaxPolicy as Dax;
+pub use rdm_ublk_server::features::ZeroCopy;
+pub use rdm_ublk_server::recovery::Recovery;
 
 const AFTER_HELP: &str = "\
 Tables use the dmsetup syntax, one segment per line, numbers in 512-byte sectors:
@@ -8,6 +11,8 @@ Tables use the dmsetup syntax, one segment per line, numbers in 512-byte sectors
   <start> <length> striped <#stripes> <chunk_sectors> (<dev> <offset>)+
   <start> <length> zero
   <start> <length> error
+  <start> <length> flakey <dev> <offset> <up_s> <down_s> [<#features> <features>...]
+  <start> <length> delay <dev> <offset> <ms> [<wdev> <woffset> <wms> [<fdev> <foffset> <fms>]]
 <dev> is a regular file or a block device. Lines starting with # are ignored.
 
 Exit codes: 0 success, 1 the operation failed (bad table, unusable backing
@@ -39,13 +44,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-attach a new server to a device whose server died: the device
+    /// kept its I/O waiting (or failing, with --recovery fail-io); the
+    /// backing files must be the same and not smaller.
+    Recover {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        /// Stay in the foreground instead of detaching the server.
+        #[arg(long)]
+        foreground: bool,
+    },
     /// Print a device's table.
     Table { name: String },
     /// Show a device's mode, queues and per-segment/per-device counters.
     Status {
         name: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dm")]
         json: bool,
+        /// Print only each segment's status line, as `dmsetup status`
+        /// does (`<start> <length> <type> <status>`).
+        #[arg(long)]
+        dm: bool,
     },
     /// For udev rules: print the rdm name of a ublk block device (ublkbN).
     #[command(hide = true)]
@@ -103,44 +123,22 @@ pub struct CreateArgs {
     /// fails instead, off never probes.
     #[arg(long, value_enum, default_value_t = Dax::Auto)]
     pub dax: Dax,
+    /// When the server dies: `reissue` holds I/O until `rdm recover` and
+    /// re-issues what was in flight; `fail-io` fails I/O until then
+    /// (kernel 6.13+); `off` leaves a dead device.
+    #[arg(long, value_enum, default_value_t = Recovery::Reissue)]
+    pub recovery: Recovery,
+    /// If NAME's device is waiting for recovery, re-attach to it (with its
+    /// recorded table and options) instead of failing: what the systemd
+    /// unit does after a crash.
+    #[arg(long)]
+    pub or_recover: bool,
+    /// Internal: serve by re-attaching to NAME's waiting device.
+    #[arg(long, hide = true)]
+    pub recover: bool,
     /// Stay in the foreground instead of detaching the server.
     #[arg(long)]
     pub foreground: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ZeroCopy {
-    Auto,
-    On,
-    Off,
-}
-
-impl ZeroCopy {
-    pub fn name(self) -> &'static str {
-        match self {
-            ZeroCopy::Auto => "auto",
-            ZeroCopy::On => "on",
-            ZeroCopy::Off => "off",
-        }
-    }
-}
-
-impl From<ZeroCopy> for rdm_ublk_server::features::ZeroCopy {
-    fn from(z: ZeroCopy) -> Self {
-        use rdm_ublk_server::features::ZeroCopy as Z;
-        match z {
-            ZeroCopy::Auto => Z::Auto,
-            ZeroCopy::On => Z::On,
-            ZeroCopy::Off => Z::Off,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Dax {
-    Auto,
-    Required,
-    Off,
 }
 
 fn parse_block_size(s: &str) -> Result<u32, String> {
@@ -148,15 +146,5 @@ fn parse_block_size(s: &str) -> Result<u32, String> {
         "512" => Ok(512),
         "4096" => Ok(4096),
         _ => Err("must be 512 or 4096".into()),
-    }
-}
-
-impl Dax {
-    pub fn name(self) -> &'static str {
-        match self {
-            Dax::Auto => "auto",
-            Dax::Required => "required",
-            Dax::Off => "off",
-        }
     }
 }

@@ -5,8 +5,9 @@ use rdm_ublk_server::backing::{self, BackingError, BackingInfo};
 use rdm_ublk_server::dax_path::{self, DaxDecision, DaxPolicy, DeviceDax};
 use serde::Serialize;
 
-use crate::cli::{CreateArgs, Dax};
+use crate::cli::CreateArgs;
 use crate::error::CliError;
+use rdm_ublk_server::control::{self, Liveness};
 
 /// Reads the table from `--table`, a file, or stdin (`-`).
 fn read_table_text(args: &CreateArgs) -> Result<String, CliError> {
@@ -77,23 +78,22 @@ struct TableDax<'a> {
     reason: Option<&'a str>,
 }
 
-pub fn dax_policy(d: Dax) -> DaxPolicy {
-    match d {
-        Dax::Auto => DaxPolicy::Auto,
-        Dax::Required => DaxPolicy::Required,
-        Dax::Off => DaxPolicy::Off,
-    }
-}
-
 /// Probes the table's devices for DAX under `--dax` (nothing for `off`):
 /// `required` on a table that cannot, or a probe that fails for real, is
 /// an error naming the devices.
 pub fn decide_dax(args: &CreateArgs, table: &Table) -> Result<DaxDecision, CliError> {
-    dax_path::decide(table, dax_policy(args.dax))
-        .map_err(|e| CliError::failed(format!("{}: {e}", args.name)))
+    dax_path::decide(table, args.dax).map_err(|e| CliError::failed(format!("{}: {e}", args.name)))
 }
 
 pub fn run(args: CreateArgs) -> Result<(), CliError> {
+    if args.or_recover && !args.dry_run {
+        let waiting = control::read_state(&args.name).is_ok_and(|s| {
+            s.liveness() == Liveness::Recovering && !control::pid_alive(s.pid, s.pid_start)
+        });
+        if waiting {
+            return recover(&args.name, args.json, args.foreground);
+        }
+    }
     let (table, devices) = load(&args)?;
     if args.dry_run {
         let dax = decide_dax(&args, &table)?;
@@ -138,5 +138,61 @@ fn print_dry_run(args: &CreateArgs, table: &Table, devices: &[BackingInfo], dax:
         if let Some(note) = &dax.note {
             eprintln!("{note}");
         }
+    }
+}
+
+/// `rdm recover NAME`: a new server for a device whose server died, with
+/// the table and options recorded when it was created.
+pub fn recover(name: &str, json: bool, foreground: bool) -> Result<(), CliError> {
+    let failed = |e: control::ControlError| CliError::failed(e.to_string());
+    let st = control::read_state(name).map_err(failed)?;
+    match st.liveness() {
+        Liveness::Live | Liveness::Starting => {
+            return Err(failed(control::ControlError::NotWaiting(
+                name.into(),
+                st.pid,
+            )))
+        }
+        Liveness::Recovering if control::pid_alive(st.pid, st.pid_start) => {
+            return Err(failed(control::ControlError::RecoveryBusy(name.into())))
+        }
+        Liveness::Dead => {
+            let why = if st.recovery == rdm_ublk_server::recovery::Recovery::Off {
+                "it was created with --recovery off"
+            } else {
+                "the kernel no longer has its device"
+            };
+            return Err(failed(control::ControlError::Unrecoverable(
+                name.into(),
+                why,
+            )));
+        }
+        Liveness::Recovering => {}
+    }
+    let table = Table::parse(&st.table)
+        .map_err(|e| CliError::failed(format!("{name}: the recorded table is unusable: {e}")))?;
+    let args = CreateArgs {
+        name: name.to_string(),
+        file: None,
+        table: Some(st.table.clone()),
+        dry_run: false,
+        json,
+        read_only: st.read_only,
+        block_size: st.block_size,
+        queues: st.queues,
+        depth: st.depth,
+        zero_copy: st
+            .zero_copy
+            .unwrap_or(rdm_ublk_server::features::ZeroCopy::Auto),
+        dax: st.dax.unwrap_or(DaxPolicy::Auto),
+        recovery: st.recovery,
+        or_recover: false,
+        recover: true,
+        foreground,
+    };
+    if foreground {
+        crate::serve::foreground(&args, table)
+    } else {
+        crate::serve::detached(&args, &table)
     }
 }

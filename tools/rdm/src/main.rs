@@ -17,10 +17,15 @@ fn main() {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         Command::Create(args) => create::run(args),
+        Command::Recover {
+            name,
+            json,
+            foreground,
+        } => create::recover(&name, json, foreground),
         Command::Remove { name, force } => manage::remove(&name, force),
         Command::Ls { json } => manage::ls(json),
         Command::Table { name } => manage::table(&name),
-        Command::Status { name, json } => manage::status(&name, json),
+        Command::Status { name, json, dm } => manage::status(&name, json, dm),
         Command::Features { json } => manage::features(json),
         Command::UdevName { kernel_name } => manage::udev_name(&kernel_name),
     };

@@ -29,7 +29,8 @@ fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 pub fn remove(name: &str, force: bool) -> Result<(), CliError> {
     let st = control::read_state(name).map_err(failed)?;
-    let mut dead = st.liveness() == Liveness::Dead;
+    let waiting = st.liveness() == Liveness::Recovering;
+    let mut dead = !control::pid_alive(st.pid, st.pid_start);
     if !dead {
         let asked = control::request(name, "remove");
         let stopped =
@@ -54,6 +55,9 @@ pub fn remove(name: &str, force: bool) -> Result<(), CliError> {
         }
     }
     if dead {
+        if !force && waiting {
+            return Err(failed(ControlError::Waiting(name.to_string())));
+        }
         if !force {
             return Err(CliError::failed(format!(
                 "{name}: its server (pid {}) is dead; use `rdm remove --force {name}` to delete the device",
@@ -183,8 +187,23 @@ pub fn table(name: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn status(name: &str, json: bool) -> Result<(), CliError> {
+pub fn status(name: &str, json: bool, dm: bool) -> Result<(), CliError> {
     let st = control::read_state(name).map_err(failed)?;
+    if st.liveness() == Liveness::Recovering && !control::pid_alive(st.pid, st.pid_start) {
+        // No server to ask: what the record says.
+        if json {
+            let mut v = serde_json::to_value(&st).expect("plain data");
+            v["state"] = "recovering".into();
+            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        } else {
+            println!(
+                "{name}: {} recovering: its server (pid {}) died and the device waits; `rdm recover {name}` re-attaches it",
+                st.bdev.as_deref().unwrap_or("-"),
+                st.pid
+            );
+        }
+        return Ok(());
+    }
     if st.liveness() == Liveness::Dead {
         return Err(CliError::failed(format!(
             "{name}: its server (pid {}) is dead; `rdm remove --force {name}` deletes the device",
@@ -194,6 +213,12 @@ pub fn status(name: &str, json: bool) -> Result<(), CliError> {
     let v = control::request(name, "status").map_err(failed)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(());
+    }
+    if dm {
+        for line in v["dm_status"].as_array().into_iter().flatten() {
+            println!("{}", line.as_str().unwrap_or(""));
+        }
         return Ok(());
     }
     println!(
@@ -224,6 +249,27 @@ pub fn status(name: &str, json: bool) -> Result<(), CliError> {
             s["errors"]
         )
     };
+    for (s, line) in v["segments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(v["dm_status"].as_array().into_iter().flatten())
+    {
+        let dm = line
+            .as_str()
+            .unwrap_or("")
+            .splitn(4, ' ')
+            .nth(3)
+            .unwrap_or("");
+        if !dm.trim().is_empty() {
+            println!(
+                "  segment {} {}: {}",
+                s["line"],
+                s["target"].as_str().unwrap_or("?"),
+                dm.trim()
+            );
+        }
+    }
     for s in v["segments"].as_array().into_iter().flatten() {
         println!(
             "  segment {} {}+{} {}: {}",

@@ -24,7 +24,7 @@ const READY_ENV: &str = "RDM_READY_FD";
 
 fn exit_code(e: &ServerError) -> i32 {
     match e {
-        ServerError::NoUblk { .. } | ServerError::ZeroCopy { .. } => exit::USAGE,
+        ServerError::NoUblk { .. } | ServerError::Unsupported { .. } => exit::USAGE,
         _ => exit::FAILED,
     }
 }
@@ -77,10 +77,12 @@ pub fn foreground(args: &CreateArgs, table: Table) -> Result<(), CliError> {
         table,
         queues: args.queues,
         depth: args.depth,
-        zero_copy: args.zero_copy.into(),
+        zero_copy: args.zero_copy,
         block_size: args.block_size,
         read_only: args.read_only,
-        dax: crate::create::dax_policy(args.dax),
+        dax: args.dax,
+        recovery: args.recovery,
+        recover: args.recover,
     };
     server::serve(cfg, on_live).map_err(|e| {
         let code = exit_code(&e);
@@ -182,6 +184,7 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
     .args(["--zero-copy", args.zero_copy.name()])
     .args(["--block-size", &args.block_size.to_string()])
     .args(["--dax", args.dax.name()])
+    .args(["--recovery", args.recovery.name()])
     .env(READY_ENV, READY_FD.to_string())
     .stdin(Stdio::null())
     .stdout(
@@ -191,6 +194,9 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
     .stderr(log);
     if args.read_only {
         cmd.arg("--read-only");
+    }
+    if args.recover {
+        cmd.arg("--recover");
     }
     let wfd = write_end.as_raw_fd();
     // SAFETY: only async-signal-safe calls between fork and exec.
