@@ -6,6 +6,8 @@ use std::io;
 use std::os::unix::io::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::FallocateFlags;
+use rustix::mm::{MapFlags, ProtFlags};
 use serde::Serialize;
 
 use crate::arch::{self, FlushInstr};
@@ -104,20 +106,16 @@ unsafe impl Send for DaxMapping {}
 // SAFETY: see `Send` above.
 unsafe impl Sync for DaxMapping {}
 
-fn mmap(file: &File, len: usize, writable: bool, flags: libc::c_int) -> Result<*mut u8, io::Error> {
+fn mmap(file: &File, len: usize, writable: bool, flags: MapFlags) -> Result<*mut u8, io::Error> {
     let prot = if writable {
-        libc::PROT_READ | libc::PROT_WRITE
+        ProtFlags::READ | ProtFlags::WRITE
     } else {
-        libc::PROT_READ
+        ProtFlags::READ
     };
     // SAFETY: a new mapping at a kernel-chosen address; it overlaps no
     // existing Rust object. The fd is valid for the duration of the call.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, file.as_raw_fd(), 0) };
-    if p == libc::MAP_FAILED {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(p as *mut u8)
-    }
+    let p = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, flags, file, 0) }?;
+    Ok(p.cast())
 }
 
 fn to_usize(path: &Path, size: u64) -> Result<usize, DaxError> {
@@ -147,11 +145,11 @@ impl DaxMapping {
                 let m = file.metadata().map_err(|e| DaxError::io(path, "stat", e))?;
                 (
                     m.len(),
-                    libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC,
+                    MapFlags::SHARED_VALIDATE | MapFlags::SYNC,
                     Mode::FsDax,
                 )
             }
-            DaxKind::DevDax => (info.size, libc::MAP_SHARED, Mode::DevDax),
+            DaxKind::DevDax => (info.size, MapFlags::SHARED, Mode::DevDax),
         };
         if len == 0 {
             return Err(DaxError::Empty { path: path.clone() });
@@ -214,7 +212,7 @@ impl DaxMapping {
             });
         }
         let len = to_usize(path, m.len())?;
-        let ptr = mmap(&file, len, writable, libc::MAP_SHARED)
+        let ptr = mmap(&file, len, writable, MapFlags::SHARED)
             .map_err(|e| DaxError::io(path, "mmap", e))?;
         Ok(DaxMapping {
             ptr,
@@ -419,22 +417,19 @@ impl DaxMapping {
         if self.mode == Mode::DevDax {
             return self.fill_zero(offset, len);
         }
-        // SAFETY: plain fallocate on an fd we own; the range is inside the
-        // file (checked against the mapping, which covers the file).
-        let r = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        // The range is inside the file (checked against the mapping, which
+        // covers the file).
+        let punched = rustix::fs::fallocate(
+            &self.file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        );
+        if let Err(e) = punched {
+            if e == rustix::io::Errno::OPNOTSUPP {
                 return self.fill_zero(offset, len);
             }
-            return Err(DaxError::io(&self.path, "punch a hole in", e));
+            return Err(DaxError::io(&self.path, "punch a hole in", e.into()));
         }
         self.file
             .sync_data()
@@ -528,7 +523,7 @@ impl Drop for DaxMapping {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` describe the mapping created in the
         // constructor, and no reference into it outlives `self`.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
     }
 }
 

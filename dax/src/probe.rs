@@ -1,12 +1,9 @@
 //! [`probe`]: is a path usable as direct-mapped persistent memory?
 
-use std::ffi::CString;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -296,62 +293,19 @@ fn file_kind_of(mode: u32) -> (bool, bool, FileKind) {
 }
 
 fn stat_path(path: &Path) -> Result<StatInfo, DaxError> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        DaxError::io(
-            path,
-            "stat",
-            io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
-        )
-    })?;
-    // SAFETY: all-zero is a valid bit pattern for the plain-data statx struct.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated string that outlives the call and `stx`
-    // is a properly sized, writable statx buffer.
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_STATX_SYNC_AS_STAT,
-            libc::STATX_BASIC_STATS,
-            &mut stx,
-        )
+    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags, CWD};
+    let got = statx(
+        CWD,
+        path,
+        AtFlags::STATX_SYNC_AS_STAT,
+        StatxFlags::BASIC_STATS,
+    );
+    let stx = match got {
+        Ok(stx) => stx,
+        Err(e) => return stat_fallback(path, e.into()),
     };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ENOSYS) {
-            return Err(DaxError::io(path, "stat", e));
-        }
-        // No statx (very old kernel or a seccomp filter): plain stat, and let
-        // the MAP_SYNC probe decide.
-        let m = std::fs::metadata(path).map_err(|e| DaxError::io(path, "stat", e))?;
-        let ft = m.file_type();
-        let (is_file, is_char, file_kind) = file_kind_of(if ft.is_file() {
-            libc::S_IFREG
-        } else if ft.is_char_device() {
-            libc::S_IFCHR
-        } else if ft.is_dir() {
-            libc::S_IFDIR
-        } else if ft.is_block_device() {
-            libc::S_IFBLK
-        } else if ft.is_fifo() {
-            libc::S_IFIFO
-        } else if ft.is_socket() {
-            libc::S_IFSOCK
-        } else {
-            0
-        });
-        return Ok(StatInfo {
-            is_file,
-            is_char,
-            file_kind,
-            size: m.len(),
-            dev: (libc::major(m.dev()), libc::minor(m.dev())),
-            rdev: (libc::major(m.rdev()), libc::minor(m.rdev())),
-            dax_attr: None,
-        });
-    }
     let (is_file, is_char, file_kind) = file_kind_of(u32::from(stx.stx_mode));
-    let dax_bit = libc::STATX_ATTR_DAX as u64;
+    let dax = StatxAttributes::DAX;
     Ok(StatInfo {
         is_file,
         is_char,
@@ -359,8 +313,44 @@ fn stat_path(path: &Path) -> Result<StatInfo, DaxError> {
         size: stx.stx_size,
         dev: (stx.stx_dev_major, stx.stx_dev_minor),
         rdev: (stx.stx_rdev_major, stx.stx_rdev_minor),
-        dax_attr: (stx.stx_attributes_mask & dax_bit != 0)
-            .then_some(stx.stx_attributes & dax_bit != 0),
+        dax_attr: stx
+            .stx_attributes_mask
+            .contains(dax)
+            .then_some(stx.stx_attributes.contains(dax)),
+    })
+}
+
+/// Without statx (very old kernel or a seccomp filter): plain stat, and let
+/// the MAP_SYNC probe decide. Any other statx error is an error.
+fn stat_fallback(path: &Path, e: io::Error) -> Result<StatInfo, DaxError> {
+    if e.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(DaxError::io(path, "stat", e));
+    }
+    let m = std::fs::metadata(path).map_err(|e| DaxError::io(path, "stat", e))?;
+    let ft = m.file_type();
+    let (is_file, is_char, file_kind) = file_kind_of(if ft.is_file() {
+        libc::S_IFREG
+    } else if ft.is_char_device() {
+        libc::S_IFCHR
+    } else if ft.is_dir() {
+        libc::S_IFDIR
+    } else if ft.is_block_device() {
+        libc::S_IFBLK
+    } else if ft.is_fifo() {
+        libc::S_IFIFO
+    } else if ft.is_socket() {
+        libc::S_IFSOCK
+    } else {
+        0
+    });
+    Ok(StatInfo {
+        is_file,
+        is_char,
+        file_kind,
+        size: m.len(),
+        dev: (libc::major(m.dev()), libc::minor(m.dev())),
+        rdev: (libc::major(m.rdev()), libc::minor(m.rdev())),
+        dax_attr: None,
     })
 }
 
@@ -422,32 +412,35 @@ pub(crate) fn try_map_sync(
     len: usize,
     writable: bool,
 ) -> Result<MapSync, DaxError> {
+    use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
     let prot = if writable {
-        libc::PROT_READ | libc::PROT_WRITE
+        ProtFlags::READ | ProtFlags::WRITE
     } else {
-        libc::PROT_READ
+        ProtFlags::READ
     };
     // SAFETY: a fresh mapping at a kernel-chosen address of a valid fd; it
     // aliases no Rust object and is unmapped below without being accessed.
-    let p = unsafe {
-        libc::mmap(
+    let mapped = unsafe {
+        mmap(
             std::ptr::null_mut(),
             len,
             prot,
-            libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC,
-            file.as_raw_fd(),
+            MapFlags::SHARED_VALIDATE | MapFlags::SYNC,
+            file,
             0,
         )
     };
-    if p == libc::MAP_FAILED {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(errno @ (libc::EOPNOTSUPP | libc::EINVAL)) => Ok(MapSync::Refused(errno)),
-            _ => Err(DaxError::io(path, "mmap", e)),
-        };
-    }
+    let p = match mapped {
+        Ok(p) => p,
+        Err(e) => {
+            return match e.raw_os_error() {
+                errno @ (libc::EOPNOTSUPP | libc::EINVAL) => Ok(MapSync::Refused(errno)),
+                _ => Err(DaxError::io(path, "mmap", e.into())),
+            };
+        }
+    };
     // SAFETY: `p` and `len` are exactly the mapping created above.
-    unsafe { libc::munmap(p, len) };
+    let _ = unsafe { munmap(p, len) };
     Ok(MapSync::Accepted)
 }
 

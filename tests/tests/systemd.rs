@@ -44,20 +44,43 @@ fn install(from: impl AsRef<Path>, to: &str, mode: &str) {
 fn unit_serves_restarts_recovers_and_stops_under_systemd() {
     let init = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
     assert_eq!(init.trim(), "systemd", "PID 1 must be systemd");
-    // Installed as the README says.
-    install(rdm_bin(), "/usr/local/bin/rdm", "0755");
-    install(
-        "../tools/systemd/rdm@.service",
-        "/etc/systemd/system/rdm@.service",
-        "0644",
-    );
-    install(
-        "../tools/udev/99-rdm.rules",
-        "/etc/udev/rules.d/99-rdm.rules",
-        "0644",
-    );
-    systemctl(&["daemon-reload"]);
-    sh("udevadm", &["control", "--reload"]);
+    // Installed as the README says: the package when there is one (what
+    // `cargo xtask test` passes), else from source.
+    match std::env::var("RDM_DEB").ok().filter(|d| !d.is_empty()) {
+        Some(deb) => {
+            sh("dpkg", &["-i", &deb]);
+            let unit = std::fs::read_to_string("/lib/systemd/system/rdm@.service").unwrap();
+            assert!(unit.contains("ExecStart=/usr/bin/rdm create %i"), "{unit}");
+            let rule = std::fs::read_to_string("/lib/udev/rules.d/99-rdm.rules").unwrap();
+            assert!(rule.contains("PROGRAM=\"/usr/bin/rdm udev-name"), "{rule}");
+            for f in [
+                "/usr/share/man/man8/rdm.8.gz",
+                "/usr/share/bash-completion/completions/rdm",
+                "/usr/share/zsh/vendor-completions/_rdm",
+                "/usr/share/fish/vendor_completions.d/rdm.fish",
+            ] {
+                assert!(Path::new(f).exists(), "{f} not installed");
+            }
+            let load = std::fs::read_to_string("/usr/lib/modules-load.d/rdm.conf").unwrap();
+            assert_eq!(load.trim(), "ublk_drv");
+            assert!(sh("rdm", &["--version"]).starts_with("rdm "));
+        }
+        None => {
+            install(rdm_bin(), "/usr/local/bin/rdm", "0755");
+            install(
+                "../tools/systemd/rdm@.service",
+                "/etc/systemd/system/rdm@.service",
+                "0644",
+            );
+            install(
+                "../tools/udev/99-rdm.rules",
+                "/etc/udev/rules.d/99-rdm.rules",
+                "0644",
+            );
+            systemctl(&["daemon-reload"]);
+            sh("udevadm", &["control", "--reload"]);
+        }
+    }
 
     let dir = Path::new("/var/lib/rdm-test");
     std::fs::create_dir_all(dir).unwrap();

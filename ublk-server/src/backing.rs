@@ -100,17 +100,11 @@ fn is_read_only_error(e: &io::Error) -> bool {
 }
 
 fn block_device_size(f: &File) -> io::Result<u64> {
-    use std::os::fd::AsRawFd;
+    use rustix::ioctl::{ioctl, opcode, Getter};
     // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
-    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-    let mut size: u64 = 0;
-    // SAFETY: the fd is open for the duration of the call and the ioctl
-    // writes exactly one u64 into `size`.
-    let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKGETSIZE64, &mut size) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(size)
+    const BLKGETSIZE64: rustix::ioctl::Opcode = opcode::read::<u64>(0x12, 114);
+    // SAFETY: BLKGETSIZE64 writes exactly one u64, which Getter provides.
+    Ok(unsafe { ioctl(f, Getter::<BLKGETSIZE64, u64>::new()) }?)
 }
 
 /// Inspects every device of a table and checks the table against them.
@@ -147,7 +141,6 @@ pub fn open(path: &Path, writable: bool) -> Result<(File, bool), BackingError> {
 /// discard, or a file system that can punch holes. Files are probed by
 /// punching beyond their end (KEEP_SIZE), which touches no data.
 pub fn supports_discard(f: &File) -> bool {
-    use std::os::fd::AsRawFd;
     let Ok(meta) = f.metadata() else { return false };
     if meta.file_type().is_block_device() {
         let rdev = meta.rdev();
@@ -162,14 +155,6 @@ pub fn supports_discard(f: &File) -> bool {
             .is_some_and(|n| n > 0);
     }
     let beyond = (meta.len() + 8191) & !4095;
-    // SAFETY: fallocate on an open fd with a range past EOF and KEEP_SIZE.
-    let r = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            beyond as libc::off_t,
-            4096,
-        )
-    };
-    r == 0
+    let punch = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+    rustix::fs::fallocate(f, punch, beyond, 4096).is_ok()
 }

@@ -234,9 +234,7 @@ impl StateGuard {
             .mode(0o600)
             .open(&path)
             .map_err(io_err(&path))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on an open fd.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             return Err(ControlError::RecoveryBusy(name.to_string()));
         }
         let old = read_state(name)?;

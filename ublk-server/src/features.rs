@@ -1,6 +1,7 @@
 //! The kernel's `UBLK_CMD_GET_FEATURES` bits, decoded, and the data-path
 //! mode rdm picks from them.
 
+use libublk::sys;
 use serde::Serialize;
 
 /// `UBLK_F_*` bit names, by bit number (include/uapi/linux/ublk_cmd.h).
@@ -27,9 +28,9 @@ pub const FEATURE_NAMES: [&str; 20] = [
     "SHMEM_ZC",
 ];
 
-pub const F_SUPPORT_ZERO_COPY: u64 = 1 << 0;
-pub const F_USER_COPY: u64 = 1 << 7;
-pub const F_AUTO_BUF_REG: u64 = 1 << 11;
+pub const F_SUPPORT_ZERO_COPY: u64 = sys::UBLK_F_SUPPORT_ZERO_COPY as u64;
+pub const F_USER_COPY: u64 = sys::UBLK_F_USER_COPY as u64;
+pub const F_AUTO_BUF_REG: u64 = sys::UBLK_F_AUTO_BUF_REG as u64;
 
 /// Names of the set bits; unknown bits as `BIT_n`.
 pub fn decode(bits: u64) -> Vec<String> {
@@ -117,6 +118,35 @@ mod tests {
         let k73 = decode(0x1fffff);
         assert!(k73.contains(&"AUTO_BUF_REG".to_string()));
         assert_eq!(k73.last().unwrap(), "BIT_20");
+    }
+
+    #[test]
+    fn names_follow_libublks_bits() {
+        let bits = [
+            sys::UBLK_F_SUPPORT_ZERO_COPY,
+            sys::UBLK_F_URING_CMD_COMP_IN_TASK,
+            sys::UBLK_F_NEED_GET_DATA,
+            sys::UBLK_F_USER_RECOVERY,
+            sys::UBLK_F_USER_RECOVERY_REISSUE,
+            sys::UBLK_F_UNPRIVILEGED_DEV,
+            sys::UBLK_F_CMD_IOCTL_ENCODE,
+            sys::UBLK_F_USER_COPY,
+            sys::UBLK_F_ZONED,
+            sys::UBLK_F_USER_RECOVERY_FAIL_IO,
+            sys::UBLK_F_UPDATE_SIZE,
+            sys::UBLK_F_AUTO_BUF_REG,
+            sys::UBLK_F_QUIESCE,
+            sys::UBLK_F_PER_IO_DAEMON,
+            sys::UBLK_F_BUF_REG_OFF_DAEMON,
+            sys::UBLK_F_BATCH_IO,
+            sys::UBLK_F_INTEGRITY,
+            sys::UBLK_F_SAFE_STOP_DEV,
+            sys::UBLK_F_NO_AUTO_PART_SCAN,
+            sys::UBLK_F_SHMEM_ZC,
+        ];
+        for (i, (bit, name)) in bits.iter().zip(FEATURE_NAMES).enumerate() {
+            assert_eq!(*bit, 1 << i, "{name}");
+        }
     }
 
     #[test]

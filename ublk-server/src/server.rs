@@ -265,30 +265,36 @@ fn probe(cfg: &Config, waiting: Option<&DeviceState>) -> Result<Probed, ServerEr
             name: name.clone(),
             msg,
         })?;
-    let infos = backing::check_table(&cfg.table, !cfg.read_only).map_err(|source| {
-        ServerError::Backing {
-            name: name.clone(),
-            source,
+    let record = |b: &backing::BackingInfo| DeviceRecord {
+        path: b.path.clone(),
+        identity: b.info.identity,
+        size_bytes: b.info.size_bytes,
+    };
+    let backing_err = |source| ServerError::Backing {
+        name: name.clone(),
+        source,
+    };
+    match waiting {
+        // What changed underneath comes first: a recovery serves the same
+        // objects or nothing.
+        Some(old) => {
+            let now = (cfg.table.devices().iter())
+                .map(|p| backing::inspect(p).map(|b| record(&b)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backing_err)?;
+            check_same_devices(name, &old.devices, &now)?;
         }
-    })?;
-    let records: Vec<DeviceRecord> = infos
-        .iter()
-        .map(|b| DeviceRecord {
-            path: b.path.clone(),
-            identity: b.info.identity,
-            size_bytes: b.info.size_bytes,
-        })
-        .collect();
-    if let Some(old) = waiting {
-        check_same_devices(name, &old.devices, &records)?;
-    } else {
-        cfg.recovery
-            .ctrl_flags(features)
-            .map_err(|msg| ServerError::Unsupported {
-                name: name.clone(),
-                msg,
-            })?;
+        None => {
+            cfg.recovery
+                .ctrl_flags(features)
+                .map_err(|msg| ServerError::Unsupported {
+                    name: name.clone(),
+                    msg,
+                })?;
+        }
     }
+    let infos = backing::check_table(&cfg.table, !cfg.read_only).map_err(backing_err)?;
+    let records: Vec<DeviceRecord> = infos.iter().map(record).collect();
     let dax = dax_path::decide(&cfg.table, cfg.dax).map_err(|source| ServerError::Dax {
         name: name.clone(),
         source,
@@ -450,14 +456,8 @@ fn open_data_path(cfg: &Config, probed: Probed) -> Result<DataPath, ServerError>
 /// kernel-registered buffer sets one byte of the request's data.
 fn bytes_file() -> std::io::Result<File> {
     use std::io::Write;
-    use std::os::fd::FromRawFd;
-    // SAFETY: a valid NUL-terminated name; the fd is owned by the File.
-    let fd = unsafe { libc::memfd_create(c"rdm-bytes".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and is owned by nobody else.
-    let mut f = unsafe { File::from_raw_fd(fd) };
+    let fd = rustix::fs::memfd_create(c"rdm-bytes", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut f = File::from(fd);
     f.write_all(&BYTES)?;
     Ok(f)
 }

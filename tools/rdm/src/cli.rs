@@ -15,6 +15,16 @@ Tables use the dmsetup syntax, one segment per line, numbers in 512-byte sectors
   <start> <length> delay <dev> <offset> <ms> [<wdev> <woffset> <wms> [<fdev> <foffset> <fms>]]
 <dev> is a regular file or a block device. Lines starting with # are ignored.
 
+Examples:
+  rdm create data --table '0 2097152 linear /srv/a.img 0'      # prints /dev/ublkbN once it is live
+  rdm create fast --zero-copy on fast.table                       # table in a file; '-' reads stdin
+  rdm ls [--json]                                                 # dead servers show as dead
+  rdm table data
+  rdm status data [--json|--dm] # mode, queues, per-segment and per-device counters, A/D health
+  rdm features [--json]         # the kernel's ublk features and the data path rdm picks
+  rdm remove data [--force]     # drains, fdatasyncs the backing files, deletes the device
+  rdm recover data              # a new server for a device whose server died
+
 Exit codes: 0 success, 1 the operation failed (bad table, unusable backing
 file, device error), 2 wrong usage or not supported by this build or kernel.";
 
@@ -70,6 +80,11 @@ pub enum Command {
     /// For udev rules: print the rdm name of a ublk block device (ublkbN).
     #[command(hide = true)]
     UdevName { kernel_name: String },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), generated from this command line.
+    #[command(hide = true)]
+    Man,
     /// Show the kernel's ublk features and the data path rdm would use.
     Features {
         #[arg(long)]

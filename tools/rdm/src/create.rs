@@ -94,6 +94,18 @@ pub fn run(args: CreateArgs) -> Result<(), CliError> {
             return recover(&args.name, args.json, args.foreground);
         }
     }
+    if args.recover {
+        // The server checks the recorded table against what was recorded
+        // and reports through the readiness pipe.
+        let text = args.table.clone().unwrap_or_default();
+        let table = Table::parse(&text).map_err(|e| {
+            CliError::failed(format!(
+                "{}: the recorded table is unusable: {e}",
+                args.name
+            ))
+        })?;
+        return crate::serve::foreground(&args, table);
+    }
     let (table, devices) = load(&args)?;
     if args.dry_run {
         let dax = decide_dax(&args, &table)?;

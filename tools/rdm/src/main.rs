@@ -28,9 +28,34 @@ fn main() {
         Command::Status { name, json, dm } => manage::status(&name, json, dm),
         Command::Features { json } => manage::features(json),
         Command::UdevName { kernel_name } => manage::udev_name(&kernel_name),
+        Command::Completions { shell } => {
+            let mut cmd = <cli::Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "rdm", &mut buf);
+            print_bytes(&buf)
+        }
+        Command::Man => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(<cli::Cli as clap::CommandFactory>::command())
+                .section("8")
+                .render(&mut buf)
+                .map_err(|e| error::CliError::failed(format!("cannot render the man page: {e}")))
+                .and_then(|()| print_bytes(&buf))
+        }
     };
     if let Err(e) = result {
         e.report();
         std::process::exit(e.code);
+    }
+}
+
+/// Writes generated text to stdout; a closed pipe is not an error.
+fn print_bytes(buf: &[u8]) -> Result<(), error::CliError> {
+    use std::io::Write;
+    match std::io::stdout().write_all(buf) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(error::CliError::failed(
+            format!("cannot write to stdout: {e}"),
+        )),
+        _ => Ok(()),
     }
 }

@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -53,7 +53,15 @@ pub fn foreground(args: &CreateArgs, table: Table) -> Result<(), CliError> {
                 "mode": live.mode.name(),
                 "dax_note": live.dax_note,
             });
-            notify_systemd(&format!("READY=1\nSTATUS=serving {}", live.bdev));
+            // A Type=notify unit becomes ready exactly when the device is live.
+            let status = format!("serving {}", live.bdev);
+            let state = [
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status(&status),
+            ];
+            if let Err(e) = sd_notify::notify(&state) {
+                tracing::warn!("sd_notify failed: {e}");
+            }
             match ready.lock().expect("not poisoned").take() {
                 Some(mut f) => {
                     let _ = writeln!(f, "ok {text}");
@@ -97,29 +105,6 @@ pub fn foreground(args: &CreateArgs, table: Table) -> Result<(), CliError> {
     })
 }
 
-/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, so a
-/// `Type=notify` unit becomes ready exactly when the device is live.
-fn notify_systemd(msg: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let bytes = path.as_encoded_bytes();
-    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
-    } else {
-        sock.send_to(msg.as_bytes(), &path)
-    };
-    if let Err(e) = sent {
-        tracing::warn!("sd_notify failed: {e}");
-    }
-}
-
 static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn live_name() -> &'static str {
@@ -160,7 +145,7 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
             ))
         })?;
     let (read_end, write_end) =
-        pipe().map_err(|e| CliError::failed(format!("{}: pipe: {e}", args.name)))?;
+        std::io::pipe().map_err(|e| CliError::failed(format!("{}: pipe: {e}", args.name)))?;
 
     // The server runs from / (so that it holds no mount busy): hand it
     // absolute paths.
@@ -214,7 +199,7 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
     drop(write_end);
 
     let mut line = String::new();
-    let _ = BufReader::new(File::from(read_end)).read_line(&mut line);
+    let _ = BufReader::new(read_end).read_line(&mut line);
     let line = line.trim_end();
     if let Some(json) = line.strip_prefix("ok ") {
         let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
@@ -253,14 +238,4 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
             .unwrap_or_else(|| "unknown status".into()),
     ))
     .with_context(log_tail.lines().last().unwrap_or("").to_string()))
-}
-
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills both fds on success; we own them afterwards.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: freshly created, owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

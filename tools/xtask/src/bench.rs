@@ -175,7 +175,7 @@ fn write_report(o: &BenchOpts, runs_file: &Path, wall: Option<f64>) -> Result<()
         &fs::read_to_string(runs_file)
             .with_context(|| format!("the guest wrote no {}", runs_file.display()))?,
     )?;
-    let (md, svg) = report(&doc, o.kernel.name());
+    let (md, chart) = report(&doc, o.kernel.name());
     let name = format!("bench-{}", o.kernel.name());
     let mut full = doc.clone();
     if let Some(w) = wall {
@@ -186,12 +186,15 @@ fn write_report(o: &BenchOpts, runs_file: &Path, wall: Option<f64>) -> Result<()
         serde_json::to_string_pretty(&full)?,
     )?;
     fs::write(dir.join(format!("{name}.md")), &md)?;
-    fs::write(dir.join(format!("{name}.svg")), svg)?;
+    chart.write(
+        &dir.join(format!("{name}.svg")),
+        &dir.join(format!("{name}.png")),
+    )?;
     println!("\n{md}");
     if let Some(w) = wall {
         println!("bench: done in {w:.0} s wall");
     }
-    println!("bench: wrote {}/{name}.{{json,md,svg}}", dir.display());
+    println!("bench: wrote {}/{name}.{{json,md,svg,png}}", dir.display());
     Ok(())
 }
 
@@ -300,7 +303,7 @@ fn ratio(c: &BTreeMap<(String, String), Cell>, row: &str, base: &str, wl: &str) 
 }
 
 /// The markdown report and the SVG chart of one kernel's runs.
-pub fn report(doc: &Value, flavor: &str) -> (String, String) {
+pub fn report(doc: &Value, flavor: &str) -> (String, crate::plot::Chart) {
     let (rows, c) = cells(doc);
     let kver = doc["kernel"].as_str().unwrap_or("?");
     let mut md = String::new();
@@ -395,97 +398,30 @@ pub fn report(doc: &Value, flavor: &str) -> (String, String) {
             );
         }
     }
-    (md, svg(&rows, &c, kver))
+    (md, chart(&rows, &c, kver))
 }
 
-/// A grouped bar chart: per workload, each non-baseline row's ratio to its
-/// baseline, with lines at 1.0 and at the 1.05 goal.
-fn svg(rows: &[(String, String)], c: &BTreeMap<(String, String), Cell>, kver: &str) -> String {
-    let bars: Vec<&(String, String)> = rows.iter().filter(|(r, b)| r != b).collect();
-    const COLORS: &[&str] = &[
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-        "#bcbd22", "#17becf", "#393b79", "#637939",
-    ];
-    let (w, h, left, top, bottom) = (1100.0, 460.0, 60.0, 40.0, 60.0);
-    let plot_h = h - top - bottom;
-    let legend_w = 260.0;
-    let plot_w = w - left - legend_w;
-    let mut ymax: f64 = 1.2;
-    for (r, b) in &bars {
-        for (wl, _) in WORKLOADS {
-            if let Some(x) = ratio(c, r, b, wl) {
-                ymax = ymax.max(x);
-            }
-        }
+/// The grouped bar chart: per workload, each non-baseline row's ratio to
+/// its baseline, with lines at 1.0 and at the 1.05 goal.
+fn chart(
+    rows: &[(String, String)],
+    c: &BTreeMap<(String, String), Cell>,
+    kver: &str,
+) -> crate::plot::Chart {
+    crate::plot::Chart {
+        title: format!("rdm bench, Linux {kver}: IOPS ratio to the baseline row (icount guest)"),
+        groups: WORKLOADS.iter().map(|(_, l)| l.to_string()).collect(),
+        series: rows
+            .iter()
+            .filter(|(r, b)| r != b)
+            .map(|(r, b)| crate::plot::Series {
+                label: format!("{r} / {b}"),
+                values: WORKLOADS.iter().map(|(wl, _)| ratio(c, r, b, wl)).collect(),
+            })
+            .filter(|s| s.values.iter().any(Option::is_some))
+            .collect(),
+        goal: 1.05,
     }
-    let ymax = (ymax * 10.0).ceil() / 10.0 + 0.1;
-    let y = |v: f64| top + plot_h * (1.0 - v / ymax);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"22\" font-size=\"15\">rdm bench, Linux {kver}: IOPS ratio to the kernel baseline (dm-linear / dm-striped), icount guest</text>\n"
-    );
-    let mut t = 0.0;
-    while t <= ymax + 1e-9 {
-        let _ = writeln!(
-            s,
-            "<line x1=\"{left}\" x2=\"{0}\" y1=\"{1:.1}\" y2=\"{1:.1}\" stroke=\"#ddd\"/><text x=\"{2}\" y=\"{3:.1}\" text-anchor=\"end\">{t:.1}</text>",
-            left + plot_w,
-            y(t),
-            left - 6.0,
-            y(t) + 4.0
-        );
-        t += if ymax > 3.0 { 0.5 } else { 0.2 };
-    }
-    for (v, col, dash) in [
-        (1.0, "#000", ""),
-        (1.05, "#c00", " stroke-dasharray=\"6 4\""),
-    ] {
-        let _ = writeln!(
-            s,
-            "<line x1=\"{left}\" x2=\"{0}\" y1=\"{1:.1}\" y2=\"{1:.1}\" stroke=\"{col}\"{dash}/>",
-            left + plot_w,
-            y(v)
-        );
-    }
-    let group_w = plot_w / WORKLOADS.len() as f64;
-    let bar_w = (group_w - 16.0) / bars.len().max(1) as f64;
-    for (gi, (wl, label)) in WORKLOADS.iter().enumerate() {
-        let gx = left + gi as f64 * group_w + 8.0;
-        for (bi, (r, b)) in bars.iter().enumerate() {
-            if let Some(v) = ratio(c, r, b, wl) {
-                let _ = writeln!(
-                    s,
-                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{r} {label}: {v:.2}×</title></rect>",
-                    gx + bi as f64 * bar_w,
-                    y(v),
-                    (bar_w - 1.0).max(1.0),
-                    (y(0.0) - y(v)).max(0.0),
-                    COLORS[bi % COLORS.len()]
-                );
-            }
-        }
-        let _ = writeln!(
-            s,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>",
-            gx + (group_w - 16.0) / 2.0,
-            h - bottom + 18.0
-        );
-    }
-    for (bi, (r, b)) in bars.iter().enumerate() {
-        let ly = top + 10.0 + bi as f64 * 18.0;
-        let lx = left + plot_w + 16.0;
-        let _ = writeln!(
-            s,
-            "<rect x=\"{lx}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{:.1}\">{r} / {b}</text>",
-            ly - 10.0,
-            COLORS[bi % COLORS.len()],
-            lx + 18.0,
-            ly
-        );
-    }
-    s.push_str("</svg>\n");
-    s
 }
 
 // ---------------------------------------------------------------- host
@@ -1055,6 +991,12 @@ mod guest {
         let fio_out = PathBuf::from(format!("{WORK}/fio.json"));
         let t0 = Instant::now();
         let mut failures = 0;
+        // How far along: rows that have runs to do, counted up front.
+        let todo = all_rows
+            .iter()
+            .filter(|r| WORKLOADS.iter().any(|(wl, _)| wanted(&o.only, r.id, wl)))
+            .count();
+        let mut done_rows = 0;
         for row in &all_rows {
             let wls: Vec<_> = WORKLOADS
                 .iter()
@@ -1108,7 +1050,11 @@ mod guest {
                 let _ = write!(line, " {wl}={}", si(m));
             }
             st.teardown();
-            println!("{line}  [{:.0} s]", t0.elapsed().as_secs_f64());
+            done_rows += 1;
+            println!(
+                "{line}  [{:.0} s, row {done_rows}/{todo}]",
+                t0.elapsed().as_secs_f64()
+            );
         }
         if cx.pmem_fs {
             let _ = sh(&["umount", &format!("{WORK}/pmem")]);
@@ -1145,12 +1091,25 @@ mod tests {
             ],
             "unavailable": [{"row": "rublk-loop", "reason": "no rublk"}],
         });
-        let (md, svg) = report(&doc, "latest");
+        let (md, chart) = report(&doc, "latest");
         assert!(
             md.contains("| rdm-linear-copy | dm-linear | 120 (110–130) **1.20×** |"),
             "{md}"
         );
         assert!(md.contains("- rublk-loop: no rublk"), "{md}");
-        assert!(svg.starts_with("<svg") && svg.contains("1.20×"), "{svg}");
+        assert_eq!(chart.series.len(), 1);
+        assert_eq!(chart.series[0].label, "rdm-linear-copy / dm-linear");
+        assert!((chart.series[0].values[0].unwrap() - 1.2).abs() < 1e-9);
+        let dir = std::env::temp_dir().join(format!("rdm-plot-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        chart.write(&dir.join("c.svg"), &dir.join("c.png")).unwrap();
+        let svg = fs::read_to_string(dir.join("c.svg")).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("rdm-linear-copy"),
+            "{svg}"
+        );
+        let png = fs::read(dir.join("c.png")).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -19,6 +19,7 @@ pub const HOST_PACKAGES: &[&str] = &[
     "xz-utils",
     "libclang1-14",
     "debootstrap",
+    "fonts-dejavu-core",
 ];
 
 fn is_installed(pkg: &str) -> Result<bool> {

@@ -9,7 +9,7 @@
 //! A kernel is fetched once; `VERSION` in its cache dir names the release in
 //! use. `cargo xtask fetch-kernels --refresh` picks the newest again.
 
-use crate::util::{cache_dir, describe, output, run, version_key};
+use crate::util::{cache_dir, describe, output, run, run_progress, version_key};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -256,7 +256,8 @@ fn fetch(apt: &Apt, dir: &Path, kver: &str, pkgs: &[String]) -> Result<Kernel> {
     cmd.args(["-q", "-o", "APT::Sandbox::User=root", "download"])
         .args(pkgs)
         .current_dir(&dl);
-    run(&mut cmd).context("kernel download failed")?;
+    run_progress(&mut cmd, &format!("downloading kernel {kver}"))
+        .context("kernel download failed")?;
     for entry in fs::read_dir(&dl).with_context(|| format!("cannot list {}", dl.display()))? {
         let deb = entry?.path();
         run(Command::new("dpkg").arg("-x").arg(&deb).arg(&tmp))?;

@@ -2,8 +2,10 @@
 //! `cargo xtask demo`, `cargo xtask ensure-deps`, `cargo xtask fetch-kernels`.
 
 mod bench;
+mod deb;
 mod deps;
 mod kernel;
+mod plot;
 mod sysroot;
 mod test;
 mod util;
@@ -109,6 +111,10 @@ enum Cmd {
         #[arg(long)]
         report_only: bool,
     },
+    /// Build the Debian package (target/debian/rdm_VERSION_ARCH.deb): the
+    /// binary, the systemd unit, the udev rule, the man page, completions
+    /// and a modules-load.d entry for ublk_drv.
+    Deb,
     /// Install the host packages the rig needs.
     EnsureDeps,
     /// Fetch the guest kernels (done on first use anyway).
@@ -220,6 +226,11 @@ fn real_main() -> Result<i32> {
             report_only,
             timeout: Duration::from_secs(timeout),
         }),
+        Cmd::Deb => {
+            let deb = deb::build()?;
+            println!("{}", deb.display());
+            Ok(0)
+        }
         Cmd::EnsureDeps => {
             deps::ensure_host_packages()?;
             Ok(0)

@@ -5,7 +5,7 @@
 //! and cached under `target/vm/sysroot`.
 
 use crate::kernel::debian_mirror;
-use crate::util::{cache_dir, run};
+use crate::util::{cache_dir, run_progress};
 use anyhow::{Context, Result};
 use std::fs;
 use std::path::PathBuf;
@@ -41,15 +41,17 @@ pub fn ensure() -> Result<PathBuf> {
     let tmp = cache_dir().join("sysroot.tmp");
     let _ = fs::remove_dir_all(&tmp);
     let _ = fs::remove_dir_all(&dir);
-    eprintln!("xtask: building the systemd guest root ({suite}, debootstrap; once, cached)");
-    run(Command::new("debootstrap")
-        .args([
-            "--variant=minbase",
-            &format!("--include={}", PACKAGES.join(",")),
-        ])
-        .arg(&suite)
-        .arg(&tmp)
-        .arg(&mirror))
+    run_progress(
+        Command::new("debootstrap")
+            .args([
+                "--variant=minbase",
+                &format!("--include={}", PACKAGES.join(",")),
+            ])
+            .arg(&suite)
+            .arg(&tmp)
+            .arg(&mirror),
+        &format!("building the systemd guest root ({suite}, debootstrap; once, cached)"),
+    )
     .context("debootstrap of the systemd guest root failed")?;
     fs::rename(&tmp, &dir).with_context(|| format!("cannot move {} into place", tmp.display()))?;
     fs::write(&done, "")?;

@@ -52,6 +52,22 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
             exes.push((name.clone(), copy(exe)?));
         }
         let tests_dir = workspace_root().join("tests");
+        // The systemd test installs the package, as a user would.
+        const SYSTEMD_TEST: &str = "unit_serves_restarts_recovers_and_stops_under_systemd";
+        let systemd_wanted = exes.iter().any(|(n, _)| n == "systemd")
+            && opts
+                .filter
+                .as_ref()
+                .is_none_or(|f| SYSTEMD_TEST.contains(f.as_str()));
+        let deb = if systemd_wanted {
+            Some(crate::deb::build().map_err(|e| format!("{e:#}")))
+        } else {
+            None
+        };
+        let deb_path = match &deb {
+            Some(Ok(p)) => p.display().to_string(),
+            _ => String::new(),
+        };
         for &flavor in &opts.kernels {
             let k = kernel::ensure(flavor, false)?;
             let guest = |label: String,
@@ -72,6 +88,7 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                         ("RDM_REQUIRE_UBLK".into(), "1".into()),
                         ("RDM_BIN".into(), rdm_bin.display().to_string()),
                         ("RUST_BACKTRACE".into(), "1".into()),
+                        ("RDM_DEB".into(), deb_path.clone()),
                     ],
                     // cargo runs integration tests from the package dir.
                     cwd: tests_dir.clone(),
@@ -102,14 +119,14 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                 results.push(guest(format!("{kname}: {name}"), exe, &filter, pmem, None));
             }
             // The unit and the udev rule under real systemd and udev.
-            const SYSTEMD_TEST: &str = "unit_serves_restarts_recovers_and_stops_under_systemd";
-            let wanted = opts
-                .filter
-                .as_ref()
-                .is_none_or(|f| SYSTEMD_TEST.contains(f.as_str()));
-            if let Some((_, exe)) = exes.iter().find(|(n, _)| n == "systemd").filter(|_| wanted) {
+            let systemd = exes.iter().find(|(n, _)| n == "systemd");
+            if let Some(((_, exe), deb)) = systemd.zip(deb.as_ref()) {
                 let label = format!("{kname}: systemd");
-                match sysroot::ensure() {
+                let ready = match deb {
+                    Ok(_) => sysroot::ensure(),
+                    Err(e) => Err(anyhow::anyhow!("cargo xtask deb: {e}")),
+                };
+                match ready {
                     Ok(root) => {
                         let args = ["--ignored", "--exact", SYSTEMD_TEST];
                         results.push(guest(label, exe, &args, Vec::new(), Some(root)));

@@ -87,6 +87,71 @@ pub fn version_key(v: &str) -> Vec<u64> {
     v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
 
+/// Runs a long command: on a terminal, a spinner shows `what` and the
+/// command's latest output line; elsewhere (CI logs) one line says what
+/// runs and nothing more. Either way a failure prints the output's tail.
+pub fn run_progress(cmd: &mut Command, what: &str) -> Result<()> {
+    use std::io::{BufRead, BufReader, IsTerminal};
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {prefix}: {wide_msg}")
+                .expect("valid template"),
+        );
+        b.set_prefix(what.to_string());
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        b
+    } else {
+        eprintln!("xtask: {what}");
+        indicatif::ProgressBar::hidden()
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", describe(cmd)))?;
+    let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|r| {
+        let (tail, bar) = (tail.clone(), bar.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                bar.set_message(line.clone());
+                let mut t = tail.lock().expect("not poisoned");
+                t.push(line);
+                let excess = t.len().saturating_sub(40);
+                t.drain(..excess);
+            }
+        })
+    })
+    .collect();
+    let status = child.wait()?;
+    for r in readers {
+        let _ = r.join();
+    }
+    bar.finish_and_clear();
+    if !status.success() {
+        for l in tail.lock().expect("not poisoned").iter() {
+            eprintln!("  | {l}");
+        }
+        bail!("`{}` failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
