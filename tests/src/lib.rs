@@ -682,3 +682,50 @@ pub fn dev_size(dev: &str) -> u64 {
         .parse()
         .expect("blockdev --getsize64 prints a number")
 }
+
+/// fio random writes with crc32c verification running in the background:
+/// every block is read back and checked after each 64 writes and at the
+/// end, and any I/O error or bad block fails fio. For what must survive
+/// something happening underneath (a killed and recovered server).
+pub struct BackgroundVerify {
+    child: std::process::Child,
+}
+
+impl BackgroundVerify {
+    /// Starts on `dev`, writing `io_size` (e.g. "64M") over the first
+    /// `size` of it.
+    pub fn start(dev: &str, size: &str, io_size: &str) -> BackgroundVerify {
+        let child = Command::new("fio")
+            .args([
+                "--name=verify",
+                &format!("--filename={dev}"),
+                "--ioengine=io_uring",
+                "--direct=1",
+                "--iodepth=16",
+                "--rw=randwrite",
+                "--bs=4k",
+                &format!("--size={size}"),
+                &format!("--io_size={io_size}"),
+                "--verify=crc32c",
+                "--verify_backlog=64",
+                "--verify_fatal=1",
+                "--verify_state_save=0",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start fio");
+        BackgroundVerify { child }
+    }
+
+    /// Waits for fio; panics with its output unless it ended with no I/O
+    /// error and no verification failure.
+    pub fn assert_clean(self, what: &str) {
+        let out = self.child.wait_with_output().expect("fio");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "fio {what}: {text}");
+        assert!(text.contains("err= 0"), "fio {what} reports errors: {text}");
+        assert!(!text.contains("verify: bad"), "fio {what}: {text}");
+    }
+}

@@ -5,6 +5,7 @@
 //! underneath, two recoveries at once, a device created without recovery.
 
 use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use rdm_tests::*;
@@ -92,46 +93,13 @@ fn fio_verify_survives_three_kills() {
             zc,
             &["--queues", "2", "--depth", "64"],
         );
-        // Random writes, each block verified (crc32c) after every 64 writes
-        // and at the end; any I/O error or bad block fails fio.
-        let fio = Command::new("fio")
-            .args([
-                "--name=rec",
-                &format!("--filename={}", dev.bdev_str()),
-                "--ioengine=io_uring",
-                "--direct=1",
-                "--iodepth=16",
-                "--rw=randwrite",
-                "--bs=4k",
-                "--size=48M",
-                "--io_size=64M",
-                "--verify=crc32c",
-                "--verify_backlog=64",
-                "--verify_fatal=1",
-                "--verify_state_save=0",
-                "--random_generator=lfsr",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start fio");
+        let fio = BackgroundVerify::start(dev.bdev_str(), "48M", "64M");
         let mut waits = Vec::new();
         for _ in 0..3 {
             std::thread::sleep(Duration::from_secs(3));
             waits.push(kill_and_recover(&dev));
         }
-        let out = fio.wait_with_output().expect("fio");
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "fio across three kills ({zc}): {text}"
-        );
-        assert!(
-            text.contains("err= 0"),
-            "fio reports no error ({zc}): {text}"
-        );
-        assert!(!text.contains("verify: bad"), "{text}");
+        fio.assert_clean(&format!("across three kills ({zc})"));
         println!("recovery ({zc}): kill -9 to first completed I/O: {waits:?}");
         dev.remove();
     }

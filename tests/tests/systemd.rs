@@ -6,7 +6,7 @@
 //! booted systemd as PID 1 (`cargo xtask test` boots one per kernel).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdm_tests::*;
@@ -116,26 +116,7 @@ fn unit_serves_restarts_recovers_and_stops_under_systemd() {
     );
 
     // fio verifies across a crash of the server.
-    let fio = Command::new("fio")
-        .args([
-            "--name=sd",
-            "--filename=/dev/rdm/sd",
-            "--ioengine=io_uring",
-            "--direct=1",
-            "--iodepth=16",
-            "--rw=randwrite",
-            "--bs=4k",
-            "--size=48M",
-            "--io_size=48M",
-            "--verify=crc32c",
-            "--verify_backlog=64",
-            "--verify_fatal=1",
-            "--verify_state_save=0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start fio");
+    let fio = BackgroundVerify::start("/dev/rdm/sd", "48M", "48M");
     std::thread::sleep(Duration::from_secs(3));
     let pid = main_pid("rdm@sd");
     assert!(pid > 0);
@@ -159,11 +140,7 @@ fn unit_serves_restarts_recovers_and_stops_under_systemd() {
         "systemd restarted the server and it recovered in {:?}",
         t.elapsed()
     );
-    let out = fio.wait_with_output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "fio across the restart: {text}");
-    assert!(text.contains("err= 0"), "{text}");
+    fio.assert_clean("across the restart");
     // The same device, still named.
     assert_eq!(std::fs::canonicalize("/dev/rdm/sd").unwrap(), target);
     let ls = rdm_json(&["ls"]);

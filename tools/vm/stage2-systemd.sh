@@ -14,20 +14,7 @@ if ! modprobe -a ublk_drv loop dm-mod dm-zero dm-flakey dm-delay ext4; then
 	echo "rdm-vm stage2: warning: some kernel modules failed to load" >&2
 fi
 
-mapfile -d '' ARGS <"$CTL/args"
-mapfile -d '' ENVS <"$CTL/env"
-CWD=$(cat "$CTL/cwd")
-
-(
-	cd "$CWD" || exit 127
-	for v in $(compgen -e); do unset "$v"; done
-	for kv in "${ENVS[@]}"; do export "${kv?}"; done
-	export RDM_VM_CTL="$CTL"
-	exec "${ARGS[@]}"
-) </dev/null >/dev/console 2>&1
-status=$?
-
-echo "$status" >"$CTL/status.tmp" && mv "$CTL/status.tmp" "$CTL/status"
-sync
-echo 0 >/proc/sys/kernel/printk
+# shellcheck source=/dev/null
+. "$CTL/run-command.sh"
+run_command /dev/null
 systemctl poweroff --force --force

@@ -27,25 +27,7 @@ if ! modprobe -C /run/rdm-empty-modprobe.d -d "$RDM_KROOT" -S "$(uname -r)" \
 	echo "rdm-vm stage2: warning: some kernel modules failed to load" >&2
 fi
 
-# The command's argv and environment are NUL-separated files, so any
-# byte except NUL survives the trip.
-mapfile -d '' ARGS <"$CTL/args"
-mapfile -d '' ENVS <"$CTL/env"
-CWD=$(cat "$CTL/cwd")
-
-(
-	cd "$CWD" || exit 127
-	# Only the variables xtask passed through: drop everything else.
-	for v in $(compgen -e); do unset "$v"; done
-	for kv in "${ENVS[@]}"; do export "${kv?}"; done
-	# For a command that must report its own status (it powers off hard).
-	export RDM_VM_CTL="$CTL"
-	exec "${ARGS[@]}"
-) </dev/console >/dev/console 2>&1
-status=$?
-
-echo "$status" >"$CTL/status.tmp" && mv "$CTL/status.tmp" "$CTL/status"
-sync
-# Keep "reboot: Power down" and the like out of the command's output.
-echo 0 >/proc/sys/kernel/printk
+# shellcheck source=/dev/null
+. "$CTL/run-command.sh"
+run_command /dev/console
 /bin/busybox poweroff -f

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 const STAGE1: &str = include_str!("../../vm/init");
 const STAGE2: &str = include_str!("../../vm/stage2.sh");
 const STAGE2_SYSTEMD: &str = include_str!("../../vm/stage2-systemd.sh");
+const RUN_COMMAND: &str = include_str!("../../vm/run-command.sh");
 
 /// Stage 1 needs only the 9p client; stage 2 loads the rest with modprobe.
 const STAGE1_MODULES: &[&str] = &["netfs", "9pnet", "9p", "9pnet_virtio", "overlay"];
@@ -262,7 +263,8 @@ fn write_ctl(cfg: &VmConfig, tree: &Path, ctl: &Path) -> Result<()> {
         }
         v
     };
-    let files: [(&str, Vec<u8>); 7] = [
+    let files: [(&str, Vec<u8>); 8] = [
+        ("run-command.sh", RUN_COMMAND.as_bytes().to_vec()),
         ("stage1.env", env1.into_bytes()),
         ("stage2.sh", STAGE2.as_bytes().to_vec()),
         ("stage2-systemd.sh", STAGE2_SYSTEMD.as_bytes().to_vec()),
