@@ -2,7 +2,7 @@
 //!
 //! This crate owns the backing files (inspecting and opening them), the ublk
 //! device lifecycle through `libublk`, and the request path: queue thread
-//! (`server`) → request handler (`handler`) → target map (`rdm-targets`) →
+//! (`queue`) → request handler (`handler`) → target map (`rdm-targets`) →
 //! backend (`backend::uring` or `backend::dax`) → completion. The mapping itself — which bytes
 //! of which backing file a request touches — is `rdm-targets`' job, and DAX
 //! probing is `rdm-dax`'s; this crate only wires them to real I/O.
@@ -14,6 +14,7 @@ pub mod control;
 pub mod dax_path;
 pub mod features;
 pub mod handler;
+mod queue;
 pub mod recovery;
 pub mod request;
 pub mod ring;

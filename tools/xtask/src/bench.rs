@@ -113,7 +113,15 @@ pub fn run_bench(o: &BenchOpts) -> Result<i32> {
     let k = kernel::ensure(o.kernel, false)?;
     let runs_file = dir.join(format!("runs-{}.json", o.kernel.name()));
     let _ = fs::remove_file(&runs_file);
-    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+    // The guest runs a private copy: rebuilding xtask meanwhile (the tree
+    // is shared over 9p) must not swap the binary under it.
+    let exe = dir.join(format!("xtask-{}", o.kernel.name()));
+    let _ = fs::remove_file(&exe);
+    fs::copy(
+        std::env::current_exe().context("cannot find the xtask binary")?,
+        &exe,
+    )
+    .context("cannot copy the xtask binary")?;
     let mut argv = vec![
         exe.display().to_string(),
         "bench".into(),
@@ -195,6 +203,13 @@ fn write_report(o: &BenchOpts, runs_file: &Path, wall: Option<f64>) -> Result<()
         println!("bench: done in {w:.0} s wall");
     }
     println!("bench: wrote {}/{name}.{{json,md,svg,png}}", dir.display());
+    // A full run of the newest kernel is what the README shows.
+    if o.only.is_none() && o.kernel == Flavor::Latest && !o.report_only {
+        let docs = workspace_root().join("docs/bench-latest.png");
+        fs::copy(dir.join(format!("{name}.png")), &docs)
+            .with_context(|| format!("cannot update {}", docs.display()))?;
+        println!("bench: updated {}", docs.display());
+    }
     Ok(())
 }
 

@@ -1,0 +1,205 @@
+//! One queue thread: its io_uring (libublk's per-queue ring, carrying both
+//! the ublk commands and the backing I/O), its buffers, one task per tag
+//! that FETCHes a request, hands it to the request handler and COMMITs the
+//! result, and the event loop that drives them.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, squeue, types, IoUring};
+use libublk::helpers::IoBuf;
+use libublk::io::{BufDesc, UblkDev, UblkQueue};
+use libublk::uring_async::{
+    ublk_reap_io_events_with_update_queue, ublk_submit_sqe_async, ublk_wake_task, uring_poll_io_fn,
+};
+use libublk::{sys, UblkError, UblkUringData};
+
+use crate::buffer::Buffer;
+use crate::features::DataMode;
+use crate::request::Request;
+use crate::server::{Core, FORCE_EXIT, STOPPING};
+
+/// `UBLK_IO_F_NEED_REG_BUF`: auto registration failed, register by hand.
+const IO_F_NEED_REG_BUF: u32 = sys::UBLK_IO_F_NEED_REG_BUF;
+
+/// One queue: its ring, its buffers, one task per tag, and the event loop.
+pub(crate) fn run(qid: u16, dev: &UblkDev, core: &Arc<Core>, mode: DataMode) {
+    let depth = u32::from(dev.dev_info.queue_depth);
+    let _ = libublk::io::ublk_init_task_ring(|cell| {
+        if cell.get().is_none() {
+            let ring = IoUring::builder()
+                .setup_cqsize(depth * 4)
+                .setup_coop_taskrun()
+                .setup_single_issuer()
+                .build(depth * 2)
+                .map_err(UblkError::IOError)?;
+            cell.set(RefCell::new(ring))
+                .map_err(|_| UblkError::OtherError(-libc::EEXIST))?;
+        }
+        Ok(())
+    });
+    let q = match UblkQueue::new(qid, dev) {
+        Ok(q) => Rc::new(q),
+        Err(e) => {
+            tracing::error!(qid, "queue setup failed: {e:?}");
+            // start_dev waits for every queue's buffers; release it.
+            dev.notify_buffer_registration_complete(true);
+            return;
+        }
+    };
+    // Copy mode: one buffer per tag, registered as fixed buffer `tag`.
+    let copy = mode != DataMode::ZeroCopy;
+    let bufs: Rc<Vec<IoBuf<u8>>> = Rc::new(if copy {
+        dev.alloc_queue_io_bufs()
+    } else {
+        Vec::new()
+    });
+    if copy {
+        let iovs: Vec<libc::iovec> = bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: the buffers live in `bufs` until this thread ends, after
+        // the ring's last use.
+        let r = libublk::io::with_task_io_ring(|ring| unsafe {
+            ring.submitter().register_buffers(&iovs)
+        });
+        if let Err(e) = r {
+            tracing::error!(qid, "registering buffers failed: {e}");
+            dev.notify_buffer_registration_complete(true);
+            return;
+        }
+    }
+
+    let exe = smol::LocalExecutor::new();
+    let mut tasks = Vec::new();
+    for tag in q.tags() {
+        let q = q.clone();
+        let bufs = bufs.clone();
+        let core = core.clone();
+        tasks.push(exe.spawn(async move {
+            match io_task(&q, tag, mode, bufs.get(tag as usize), &core).await {
+                Ok(()) | Err(UblkError::QueueIsDown) => {}
+                Err(e) => tracing::error!(qid = q.get_qid(), tag, "io task: {e:?}"),
+            }
+        }));
+    }
+
+    // libublk's event loop, with a 1 s tick so that a stop which never
+    // delivers the abort cannot hang the thread.
+    let mut stopping_since: Option<Instant> = None;
+    while exe.try_tick() {}
+    loop {
+        let ts = types::Timespec::new().sec(1);
+        let (timed_out, down) = match uring_poll_io_fn::<squeue::Entry>(&q, Some(ts), 1) {
+            Ok(t) => (t, false),
+            Err(_) => (false, true),
+        };
+        let aborted = ublk_reap_io_events_with_update_queue(&q, timed_out, None, |cqe| {
+            ublk_wake_task(cqe.user_data(), cqe)
+        })
+        .unwrap_or(true);
+        while exe.try_tick() {}
+        let done = tasks.iter().all(|t| t.is_finished());
+        if (aborted || down) && done {
+            break;
+        }
+        if down || STOPPING.load(Ordering::Relaxed) {
+            let t0 = *stopping_since.get_or_insert_with(Instant::now);
+            if t0.elapsed() > Duration::from_secs(10) {
+                tracing::warn!(qid, "giving up on stuck I/O tasks after stop");
+                break;
+            }
+        }
+        if FORCE_EXIT.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+}
+
+/// One tag: FETCH, then serve and COMMIT_AND_FETCH until the queue is down.
+async fn io_task(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    mode: DataMode,
+    buf: Option<&IoBuf<u8>>,
+    core: &Core,
+) -> Result<(), UblkError> {
+    let desc = match (mode, buf) {
+        (DataMode::Copy | DataMode::Dax, Some(b)) => BufDesc::Slice(b.as_slice()),
+        _ => BufDesc::AutoReg(sys::ublk_auto_buf_reg {
+            index: tag,
+            flags: sys::UBLK_AUTO_BUF_REG_FALLBACK as u8,
+            ..Default::default()
+        }),
+    };
+    let buffer = match (mode, buf) {
+        (DataMode::Copy | DataMode::Dax, Some(b)) => Buffer::User {
+            base: b.as_mut_ptr(),
+            index: tag,
+        },
+        _ => Buffer::Kernel { index: tag },
+    };
+    let io_buf = if mode == DataMode::ZeroCopy {
+        None
+    } else {
+        buf
+    };
+    q.submit_io_prep_cmd(tag, desc.clone(), -1, io_buf).await?;
+    loop {
+        // Copy the descriptor out of the shared mapping before awaiting.
+        let iod = *q.get_iod(tag);
+        let req = Request {
+            op_flags: iod.op_flags,
+            sector: iod.start_sector,
+            nr_sectors: iod.nr_sectors,
+        };
+        let manual = mode == DataMode::ZeroCopy && iod.op_flags & IO_F_NEED_REG_BUF != 0;
+        let res = if manual {
+            // The kernel could not register the buffer for us.
+            match reg_io_buf(q, tag, true).await {
+                r if r < 0 => r,
+                _ => {
+                    let r = core.handle(q, req, buffer).await;
+                    // It must be unregistered before COMMIT, or the request
+                    // never completes.
+                    let _ = reg_io_buf(q, tag, false).await;
+                    r
+                }
+            }
+        } else {
+            core.handle(q, req, buffer).await
+        };
+        q.submit_io_commit_cmd(tag, desc.clone(), res).await?;
+    }
+}
+
+/// UBLK_U_IO_(UN)REGISTER_IO_BUF on the queue ring, marked as target I/O so
+/// that libublk does not count its completion as a ublk command.
+async fn reg_io_buf(q: &UblkQueue<'_>, tag: u16, register: bool) -> i32 {
+    let cmd = sys::ublksrv_io_cmd {
+        q_id: q.get_qid(),
+        tag,
+        result: 0,
+        addr: u64::from(tag),
+    };
+    let op = if register {
+        sys::UBLK_U_IO_REGISTER_IO_BUF
+    } else {
+        sys::UBLK_U_IO_UNREGISTER_IO_BUF
+    };
+    // SAFETY: ublksrv_io_cmd is a 16-byte plain-old-data struct.
+    let raw: [u8; 16] = unsafe { std::mem::transmute(cmd) };
+    let sqe = opcode::UringCmd16::new(types::Fixed(0), op)
+        .cmd(raw)
+        .build();
+    ublk_submit_sqe_async(sqe, UblkUringData::Target as u64)
+        .await
+        .unwrap_or(-libc::EIO)
+}
