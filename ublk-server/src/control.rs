@@ -7,7 +7,7 @@
 //! can show the device as dead and `rdm remove --force` can clean it up.
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -40,7 +40,7 @@ pub fn log_path(name: &str) -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("invalid device name {0:?}: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'")]
+    #[error("invalid device name {0:?}: use 1-127 letters, digits, '.', '_' or '-', not starting with '.'")]
     BadName(String),
     #[error("device {0} already exists")]
     Exists(String),
@@ -58,6 +58,8 @@ pub enum ControlError {
     NotFound(String),
     #[error("{path}: {cause}")]
     Io { path: PathBuf, cause: io::Error },
+    #[error("{path}: refused: {why}")]
+    Untrusted { path: PathBuf, why: &'static str },
     #[error("device {name}: its server does not answer on {path}: {cause}")]
     NoAnswer {
         name: String,
@@ -73,9 +75,14 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ControlError + '_ {
     }
 }
 
+/// The longest device name, in bytes (dm's `DM_NAME_LEN` less the NUL).
+pub const MAX_NAME: usize = 127;
+
+/// A name is a file name under the run directory and a udev symlink: no
+/// `/`, no `..`, no white space or control characters.
 pub fn check_name(name: &str) -> Result<(), ControlError> {
     let ok = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= MAX_NAME
         && !name.starts_with('.')
         && name
             .bytes()
@@ -275,16 +282,25 @@ impl StateGuard {
     pub fn update(&self, state: &DeviceState) -> Result<(), ControlError> {
         let path = state_path(&self.name);
         let tmp = path.with_extension("json.tmp");
+        let _ = fs::remove_file(&tmp);
+        // O_EXCL | O_NOFOLLOW: never through a link someone planted.
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         let text = serde_json::to_string_pretty(state).expect("plain data serializes");
         f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))
+        // Write, sync, rename, sync the directory: after a crash the record
+        // is the old one or the new one, whole.
+        f.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        let dir = run_dir();
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&dir))
     }
 }
 
@@ -315,12 +331,27 @@ pub fn remove_state(name: &str) {
 pub fn read_state(name: &str) -> Result<DeviceState, ControlError> {
     check_name(name)?;
     let path = state_path(name);
-    let text = match fs::read_to_string(&path) {
+    let meta = match fs::symlink_metadata(&path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(ControlError::NotFound(name.to_string()))
         }
         r => r.map_err(io_err(&path))?,
     };
+    let untrusted = |why| ControlError::Untrusted {
+        path: path.clone(),
+        why,
+    };
+    if !meta.file_type().is_file() {
+        return Err(untrusted("not a regular file (a symlink?)"));
+    }
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(untrusted("owned by another user"));
+    }
+    if meta.len() > 1 << 20 {
+        return Err(untrusted("larger than any record"));
+    }
+    let text = fs::read_to_string(&path).map_err(io_err(&path))?;
     serde_json::from_str(&text).map_err(|e| ControlError::Io {
         path,
         cause: io::Error::new(io::ErrorKind::InvalidData, e),
@@ -370,8 +401,17 @@ pub fn request(name: &str, line: &str) -> Result<serde_json::Value, ControlError
         .map_err(|e| no_answer(io::Error::new(io::ErrorKind::InvalidData, e)))
 }
 
+/// The longest request line the control socket reads.
+pub const MAX_REQUEST: usize = 4096;
+/// How long a peer may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Serves the control socket: each connection sends one line, gets one
-/// JSON line back. Runs until the process exits.
+/// JSON line back. Runs until the process exits. Only root and the
+/// server's own user are answered (SO_PEERCRED, checked per connection);
+/// a request longer than [`MAX_REQUEST`], not UTF-8, or not sent within
+/// two seconds gets an error answer and a log line, never more of the
+/// server's time.
 pub fn serve_socket(
     name: &str,
     handler: impl Fn(&str) -> serde_json::Value + Send + 'static,
@@ -384,17 +424,43 @@ pub fn serve_socket(
         .name("rdm-control".into())
         .spawn(move || {
             for conn in listener.incoming().flatten() {
-                let mut line = String::new();
-                let mut r = BufReader::new(&conn);
-                if r.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let answer = handler(line.trim());
+                let answer = match read_request(&conn) {
+                    Ok(line) => handler(&line),
+                    Err(why) => {
+                        tracing::warn!("control request refused: {why}");
+                        serde_json::json!({ "error": why })
+                    }
+                };
+                let _ = conn.set_write_timeout(Some(READ_TIMEOUT));
                 let _ = writeln!(&conn, "{answer}");
             }
         })
         .map_err(io_err(&path))?;
     Ok(())
+}
+
+/// One request line from a permitted peer, or why not.
+pub fn read_request(conn: &UnixStream) -> Result<String, String> {
+    let cred = rustix::net::sockopt::socket_peercred(conn)
+        .map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    let me = rustix::process::geteuid();
+    if !cred.uid.is_root() && cred.uid != me {
+        return Err(format!(
+            "uid {} may not control this device",
+            cred.uid.as_raw()
+        ));
+    }
+    conn.set_read_timeout(Some(READ_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let mut r = BufReader::new(conn).take(MAX_REQUEST as u64 + 1);
+    r.read_until(b'\n', &mut buf)
+        .map_err(|e| format!("reading the request: {e}"))?;
+    if buf.len() > MAX_REQUEST {
+        return Err(format!("request longer than {MAX_REQUEST} bytes"));
+    }
+    let line = String::from_utf8(buf).map_err(|_| "request is not UTF-8".to_string())?;
+    Ok(line.trim().to_string())
 }
 
 #[cfg(test)]
@@ -416,10 +482,22 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["a", "data-1", "x.y_z", &"n".repeat(64)] {
+        for ok in ["a", "data-1", "x.y_z", &"n".repeat(127)] {
             check_name(ok).unwrap();
         }
-        for bad in ["", ".hidden", "a/b", "../x", "a b", &"n".repeat(65)] {
+        for bad in [
+            "",
+            ".hidden",
+            "..",
+            "a/b",
+            "../x",
+            "a b",
+            "a\nb",
+            "tab\t",
+            "bell\u{7}",
+            "é",
+            &"n".repeat(128),
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -76,7 +76,12 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                          pmem: Vec<Pmem>,
                          sysroot: Option<PathBuf>| {
                 eprintln!("\n=== {label}");
-                let mut argv = vec![exe.display().to_string(), "--test-threads=1".into()];
+                let mut argv = vec![
+                    exe.display().to_string(),
+                    "--test-threads=1".into(),
+                    // What passing tests print (timings the note reports) stays in the log.
+                    "--show-output".into(),
+                ];
                 argv.extend(args.iter().map(|a| a.to_string()));
                 let cfg = VmConfig {
                     kernel: k.clone(),
