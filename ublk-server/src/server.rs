@@ -645,16 +645,98 @@ fn run_queues(
             }
         }
     };
-    if let Err(e) = ctrl.run_target(tgt_init, queue_fn, device_fn) {
-        // Queue threads of a failed start are not joined by run_target;
-        // make them drop their rings so that DEL_DEV can complete.
+    if let Err(e) = run_target(&ctrl, cfg.recover, tgt_init, queue_fn, device_fn) {
+        // Queue threads of a failed start are not joined; make them drop
+        // their rings so that the device can be deleted (a new one) or
+        // go back to waiting (a recovery: never deleted here).
         FORCE_EXIT.store(true, Ordering::SeqCst);
-        let _ = ctrl.kill_dev();
-        let _ = ctrl.del_dev();
+        if !cfg.recover {
+            let _ = ctrl.kill_dev();
+            let _ = ctrl.del_dev();
+        }
         return Err(ublk_err(&cfg.name, "START_DEV", e));
     }
     drop(aux_files);
     Ok(files)
+}
+
+/// libublk's `run_target`, except for one case: a device recovered from
+/// `FAIL_IO` ends its recovery with END_USER_RECOVERY, where libublk's
+/// `start_dev` knows only `QUIESCED` and would send START_DEV, which the
+/// kernel refuses for a device that was started before.
+fn run_target<T, Q, W>(
+    ctrl: &UblkCtrl,
+    recovering: bool,
+    tgt_init: T,
+    queue_fn: Q,
+    device_fn: W,
+) -> Result<(), UblkError>
+where
+    T: FnOnce(&mut UblkDev) -> Result<(), UblkError>,
+    Q: FnOnce(u16, &UblkDev) + Send + Clone + 'static,
+    W: FnOnce(&UblkCtrl),
+{
+    let dev = Arc::new(UblkDev::new(ctrl.get_name(), tgt_init, ctrl)?);
+    let nr = dev.dev_info.nr_hw_queues;
+    let handles: Vec<_> = (0..nr)
+        .map(|q| {
+            let (dev, f) = (dev.clone(), queue_fn.clone());
+            std::thread::Builder::new()
+                .name(format!("rdm-queue-{q}"))
+                .spawn(move || f(q, &dev))
+                .map_err(UblkError::IOError)
+        })
+        .collect::<Result<_, _>>()?;
+    ctrl.read_dev_info()?;
+    if recovering && u32::from(ctrl.dev_info().state) == sys::UBLK_S_DEV_FAIL_IO {
+        dev.wait_for_buffer_registration(usize::from(nr))?;
+        end_user_recovery(ctrl.dev_info().dev_id)?;
+    } else {
+        ctrl.start_dev(&dev)?;
+    }
+    device_fn(ctrl);
+    for h in handles {
+        let _ = h.join();
+    }
+    // The device may be gone already (deleted elsewhere): fine.
+    let _ = ctrl.stop_dev();
+    Ok(())
+}
+
+/// UBLK_U_CMD_END_USER_RECOVERY for `dev_id` with this process as the
+/// server: returns once every queue has fetched its requests.
+fn end_user_recovery(dev_id: u32) -> Result<(), UblkError> {
+    let ctl = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/ublk-control")
+        .map_err(UblkError::IOError)?;
+    let mut ring: IoUring<squeue::Entry128> =
+        IoUring::builder().build(4).map_err(UblkError::IOError)?;
+    let cmd = sys::ublksrv_ctrl_cmd {
+        dev_id,
+        queue_id: u16::MAX,
+        data: [u64::from(std::process::id())],
+        ..Default::default()
+    };
+    let mut raw = [0u8; 80];
+    // SAFETY: ublksrv_ctrl_cmd is 32 bytes of plain old data.
+    let bytes: [u8; 32] = unsafe { std::mem::transmute(cmd) };
+    raw[..32].copy_from_slice(&bytes);
+    let sqe = io_uring::opcode::UringCmd80::new(
+        io_uring::types::Fd(ctl.as_raw_fd()),
+        sys::UBLK_U_CMD_END_USER_RECOVERY,
+    )
+    .cmd(raw)
+    .build();
+    // SAFETY: the SQE refers to `ctl` and `raw`'s copy inside the SQE only.
+    unsafe { ring.submission().push(&sqe) }.map_err(|_| UblkError::OtherError(-libc::EBUSY))?;
+    ring.submit_and_wait(1).map_err(UblkError::IOError)?;
+    let res = ring.completion().next().map_or(-libc::EIO, |c| c.result());
+    if res < 0 {
+        return Err(UblkError::OtherError(res));
+    }
+    Ok(())
 }
 
 struct Stopper {
