@@ -28,6 +28,7 @@ use crate::backend::Backend;
 use crate::backing::{self, BackingError};
 use crate::buffer::{Aux, Buffer, BYTES};
 use crate::control::{self, ControlError, DeviceRecord, DeviceState, StateGuard};
+use crate::ctrl_cmd;
 use crate::dax_path::{self, DaxDecision, DaxDecisionError, DaxPolicy};
 use crate::features::{self, DataMode, ZeroCopy};
 use crate::handler::Handler;
@@ -166,8 +167,13 @@ pub fn serve(
     guard.update(&state)?;
     let features = probed.features;
     let path = open_data_path(&cfg, probed)?;
-    let (ctrl, mode) = match &waiting {
-        Some(old) => recover_device(&cfg, old, path.mode)?,
+    // A device rdm added by hand is deleted on the way out of a failed
+    // start, as libublk does for its own (see ctrl_cmd).
+    let (ctrl, mode, added) = match &waiting {
+        Some(old) => {
+            let (c, m) = recover_device(&cfg, old, path.mode)?;
+            (c, m, None)
+        }
         None => add_device(&cfg, path.mode, features)?,
     };
     // Record the id before the block device appears, so that udev's
@@ -177,7 +183,13 @@ pub fn serve(
     guard.update(&state)?;
     let stopper = Arc::new(Stopper { ctrl: ctrl.clone() });
     stop_on_signal(sigset, stopper.clone(), &cfg.name)?;
-    let files = run_queues(&cfg, path, mode, state, guard.clone(), stopper, on_live)?;
+    let served = run_queues(&cfg, path, mode, state, guard.clone(), stopper, on_live);
+    // run_queues cleaned up after a failed start; from here rdm deletes
+    // the device itself (and must not once it is gone: ids are reused).
+    if let Some(a) = &added {
+        a.disarm();
+    }
+    let files = served?;
     // Stopped: the block device is gone and in-flight I/O has drained.
     for (f, p) in files.iter().zip(cfg.table.devices()) {
         if let Err(e) = f.sync_data() {
@@ -460,7 +472,7 @@ fn add_device(
     cfg: &Config,
     mut mode: DataMode,
     features: u64,
-) -> Result<(Arc<UblkCtrl>, DataMode), ServerError> {
+) -> Result<(Arc<UblkCtrl>, DataMode, Option<ctrl_cmd::DeleteOnDrop>), ServerError> {
     let mut ctrl_flags =
         cfg.recovery
             .ctrl_flags(features)
@@ -471,17 +483,42 @@ fn add_device(
     if mode == DataMode::ZeroCopy {
         ctrl_flags |= features::F_AUTO_BUF_REG | features::F_SUPPORT_ZERO_COPY;
     }
-    let ctrl = Arc::new(
-        UblkCtrlBuilder::default()
+    let mut raw = None;
+    let ctrl = if ctrl_flags & u64::from(sys::UBLK_F_USER_RECOVERY_FAIL_IO) != 0 {
+        // libublk 0.4.8 refuses this flag: ADD_DEV by hand, then let
+        // libublk take the device over as an existing one.
+        let info = sys::ublksrv_ctrl_dev_info {
+            nr_hw_queues: cfg.queues,
+            queue_depth: cfg.depth,
+            max_io_buf_bytes: IO_BUF_BYTES,
+            flags: ctrl_flags | u64::from(sys::UBLK_F_CMD_IOCTL_ENCODE),
+            ..Default::default()
+        };
+        let id = ctrl_cmd::add_dev(info).map_err(|e| ublk_err(&cfg.name, "ADD_DEV", e))?;
+        let guard = ctrl_cmd::DeleteOnDrop::new(id);
+        let ctrl = UblkCtrlBuilder::default()
             .name("rdm")
+            .id(id as i32)
             .nr_queues(cfg.queues)
             .depth(cfg.depth)
             .io_buf_bytes(IO_BUF_BYTES)
-            .ctrl_flags(ctrl_flags)
-            .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
             .build()
-            .map_err(|e| ublk_err(&cfg.name, "ADD_DEV", e))?,
-    );
+            .map_err(|e| ublk_err(&cfg.name, "GET_DEV_INFO", e))?;
+        raw = Some(guard);
+        Arc::new(ctrl)
+    } else {
+        Arc::new(
+            UblkCtrlBuilder::default()
+                .name("rdm")
+                .nr_queues(cfg.queues)
+                .depth(cfg.depth)
+                .io_buf_bytes(IO_BUF_BYTES)
+                .ctrl_flags(ctrl_flags)
+                .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+                .build()
+                .map_err(|e| ublk_err(&cfg.name, "ADD_DEV", e))?,
+        )
+    };
     // Older kernels drop flags they do not know without an error.
     let granted = ctrl.dev_info().flags;
     if mode == DataMode::ZeroCopy && granted & features::F_AUTO_BUF_REG == 0 {
@@ -499,7 +536,7 @@ fn add_device(
         mode = mode.name(),
         "device added"
     );
-    Ok((ctrl, mode))
+    Ok((ctrl, mode, raw))
 }
 
 /// Step 3, recovering: START_USER_RECOVERY on the waiting device (the
@@ -690,7 +727,7 @@ where
     ctrl.read_dev_info()?;
     if recovering && u32::from(ctrl.dev_info().state) == sys::UBLK_S_DEV_FAIL_IO {
         dev.wait_for_buffer_registration(usize::from(nr))?;
-        end_user_recovery(ctrl.dev_info().dev_id)?;
+        ctrl_cmd::end_user_recovery(ctrl.dev_info().dev_id)?;
     } else {
         ctrl.start_dev(&dev)?;
     }
@@ -700,42 +737,6 @@ where
     }
     // The device may be gone already (deleted elsewhere): fine.
     let _ = ctrl.stop_dev();
-    Ok(())
-}
-
-/// UBLK_U_CMD_END_USER_RECOVERY for `dev_id` with this process as the
-/// server: returns once every queue has fetched its requests.
-fn end_user_recovery(dev_id: u32) -> Result<(), UblkError> {
-    let ctl = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/ublk-control")
-        .map_err(UblkError::IOError)?;
-    let mut ring: IoUring<squeue::Entry128> =
-        IoUring::builder().build(4).map_err(UblkError::IOError)?;
-    let cmd = sys::ublksrv_ctrl_cmd {
-        dev_id,
-        queue_id: u16::MAX,
-        data: [u64::from(std::process::id())],
-        ..Default::default()
-    };
-    let mut raw = [0u8; 80];
-    // SAFETY: ublksrv_ctrl_cmd is 32 bytes of plain old data.
-    let bytes: [u8; 32] = unsafe { std::mem::transmute(cmd) };
-    raw[..32].copy_from_slice(&bytes);
-    let sqe = io_uring::opcode::UringCmd80::new(
-        io_uring::types::Fd(ctl.as_raw_fd()),
-        sys::UBLK_U_CMD_END_USER_RECOVERY,
-    )
-    .cmd(raw)
-    .build();
-    // SAFETY: the SQE refers to `ctl` and `raw`'s copy inside the SQE only.
-    unsafe { ring.submission().push(&sqe) }.map_err(|_| UblkError::OtherError(-libc::EBUSY))?;
-    ring.submit_and_wait(1).map_err(UblkError::IOError)?;
-    let res = ring.completion().next().map_or(-libc::EIO, |c| c.result());
-    if res < 0 {
-        return Err(UblkError::OtherError(res));
-    }
     Ok(())
 }
 
