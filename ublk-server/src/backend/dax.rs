@@ -77,6 +77,13 @@ fn needed_bytes(table: &Table) -> Vec<u64> {
 }
 
 impl Backend for DaxBackend {
+    fn transfer_now(&self, t: Transfer, buf: Buffer) -> Option<Result<(), i32>> {
+        match buf {
+            Buffer::User { base, .. } => Some(copy_user(&self.maps[t.dev], t, base)),
+            _ => None,
+        }
+    }
+
     async fn transfer<R: Ring>(&self, ring: &R, t: Transfer, buf: Buffer) -> Result<(), i32> {
         let m = &self.maps[t.dev];
         match buf {

@@ -30,6 +30,12 @@ pub trait Backend {
     /// Moves one piece between the request buffer and a device.
     async fn transfer<R: Ring>(&self, ring: &R, t: Transfer, buf: Buffer) -> Result<(), i32>;
 
+    /// The same, when it completes without waiting (a memory copy):
+    /// `None` when it needs the ring.
+    fn transfer_now(&self, _t: Transfer, _buf: Buffer) -> Option<Result<(), i32>> {
+        None
+    }
+
     /// Makes everything written to `dev` durable.
     async fn flush<R: Ring>(&self, ring: &R, dev: DevIdx) -> Result<(), i32>;
 
