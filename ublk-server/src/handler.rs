@@ -125,7 +125,9 @@ impl<B: Backend> Handler<B> {
         fua: bool,
         buf: Buffer,
     ) -> Result<(), i32> {
-        self.hold(ring, p).await;
+        if p.delay_ms > 0 {
+            self.hold(ring, p).await;
+        }
         let seg = &self.stats.segments[p.segment];
         seg.count_rw(write, p.len);
         let res = match p.kind {
@@ -140,11 +142,10 @@ impl<B: Backend> Handler<B> {
                     write,
                     fua,
                 };
-                let r = self.backend.transfer(ring, t, buf).await;
-                let r = match r {
-                    Ok(()) => self.corrupt(ring, p, t, buf).await,
-                    e => e,
-                };
+                let mut r = self.backend.transfer(ring, t, buf).await;
+                if r.is_ok() && p.corrupt[0].is_some() {
+                    r = self.corrupt(ring, p, t, buf).await;
+                }
                 if r.is_err() {
                     Counters::add(&d.errors, 1);
                 }
@@ -184,9 +185,6 @@ impl<B: Backend> Handler<B> {
     /// dm-delay: waits out the piece's delay on the ring (an io_uring
     /// timeout), so the queue keeps serving everything else meanwhile.
     async fn hold<R: Ring>(&self, ring: &R, p: &Piece) {
-        if p.delay_ms == 0 {
-            return;
-        }
         let target = &self.table.segments()[p.segment].target;
         target.held(p.delay_class, true);
         let ts = types::Timespec::new()
@@ -209,7 +207,8 @@ impl<B: Backend> Handler<B> {
             Counters::add(&self.stats.segments[p.segment].errors, 1);
             return Err(EIO);
         }
-        join_all(pieces.iter().map(|p| self.hold(ring, p)).collect()).await;
+        let held: Vec<_> = pieces.iter().filter(|p| p.delay_ms > 0).collect();
+        join_all(held.iter().map(|p| self.hold(ring, p)).collect()).await;
         let mut devs: Vec<usize> = Vec::with_capacity(self.table.devices().len());
         for p in &pieces {
             if let PieceKind::Io { dev, .. } = p.kind {
@@ -243,7 +242,9 @@ impl<B: Backend> Handler<B> {
             pieces
                 .iter()
                 .map(|p| async move {
-                    self.hold(ring, p).await;
+                    if p.delay_ms > 0 {
+                        self.hold(ring, p).await;
+                    }
                     let seg = &self.stats.segments[p.segment];
                     seg.count_range_op(discard);
                     // Zero segments have nothing to discard, dropped writes
