@@ -95,14 +95,7 @@ impl<B: Backend> Handler<B> {
             let PieceKind::Io { dev, dev_offset } = p.kind else {
                 unreachable!("checked above")
             };
-            let t = Transfer {
-                dev,
-                dev_offset,
-                buf_offset: p.buf_offset,
-                len: p.len,
-                write,
-                fua,
-            };
+            let t = Transfer::of(p, dev, dev_offset, write, fua);
             // The first piece tells whether this backend completes at once.
             let r = self.backend.transfer_now(t, buf)?;
             let (seg, d) = (&self.stats.segments[p.segment], &self.stats.devices[dev]);
@@ -134,14 +127,7 @@ impl<B: Backend> Handler<B> {
             PieceKind::Io { dev, dev_offset } => {
                 let d = &self.stats.devices[dev];
                 d.count_rw(write, p.len);
-                let t = Transfer {
-                    dev,
-                    dev_offset,
-                    buf_offset: p.buf_offset,
-                    len: p.len,
-                    write,
-                    fua,
-                };
+                let t = Transfer::of(p, dev, dev_offset, write, fua);
                 let mut r = self.backend.transfer(ring, t, buf).await;
                 if r.is_ok() && p.corrupt[0].is_some() {
                     r = self.corrupt(ring, p, t, buf).await;

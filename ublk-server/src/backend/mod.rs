@@ -24,6 +24,26 @@ pub struct Transfer {
     pub fua: bool,
 }
 
+impl Transfer {
+    /// The transfer of I/O piece `p`, at `dev_offset` on `dev`.
+    pub fn of(
+        p: &rdm_targets::Piece,
+        dev: DevIdx,
+        dev_offset: u64,
+        write: bool,
+        fua: bool,
+    ) -> Self {
+        Transfer {
+            dev,
+            dev_offset,
+            buf_offset: p.buf_offset,
+            len: p.len,
+            write,
+            fua,
+        }
+    }
+}
+
 // The queue executor is single-threaded: the futures need not be Send.
 #[allow(async_fn_in_trait)]
 pub trait Backend {
