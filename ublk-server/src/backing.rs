@@ -109,14 +109,24 @@ fn block_device_size(f: &File) -> io::Result<u64> {
 
 /// Inspects every device of a table and checks the table against them.
 pub fn check_table(table: &Table, writable: bool) -> Result<Vec<BackingInfo>, BackingError> {
-    let infos = table
-        .devices()
-        .iter()
-        .map(|p| inspect(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let facts: Vec<DeviceInfo> = infos.iter().map(|b| b.info).collect();
-    table.check_devices(&facts, writable)?;
+    let infos = inspect_all(table)?;
+    check_against(table, &infos, writable)?;
     Ok(infos)
+}
+
+/// Inspects every device of a table, in [`Table::devices`] order.
+pub fn inspect_all(table: &Table) -> Result<Vec<BackingInfo>, BackingError> {
+    table.devices().iter().map(|p| inspect(p)).collect()
+}
+
+/// Checks a table against what [`inspect_all`] found.
+pub fn check_against(
+    table: &Table,
+    infos: &[BackingInfo],
+    writable: bool,
+) -> Result<(), BackingError> {
+    let facts: Vec<DeviceInfo> = infos.iter().map(|b| b.info).collect();
+    Ok(table.check_devices(&facts, writable)?)
 }
 
 /// Opens a backing device for I/O: `O_DIRECT` when the file system takes it

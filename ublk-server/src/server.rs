@@ -278,16 +278,13 @@ fn probe(cfg: &Config, waiting: Option<&DeviceState>) -> Result<Probed, ServerEr
         name: name.clone(),
         source,
     };
+    // Each device is inspected once; for a recovery, what changed
+    // underneath is said before any table rule: it serves the same objects
+    // or nothing.
+    let infos = backing::inspect_all(&cfg.table).map_err(backing_err)?;
+    let records: Vec<DeviceRecord> = infos.iter().map(record).collect();
     match waiting {
-        // What changed underneath comes first: a recovery serves the same
-        // objects or nothing.
-        Some(old) => {
-            let now = (cfg.table.devices().iter())
-                .map(|p| backing::inspect(p).map(|b| record(&b)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(backing_err)?;
-            check_same_devices(name, &old.devices, &now)?;
-        }
+        Some(old) => check_same_devices(name, &old.devices, &records)?,
         None => {
             cfg.recovery
                 .ctrl_flags(features)
@@ -297,8 +294,7 @@ fn probe(cfg: &Config, waiting: Option<&DeviceState>) -> Result<Probed, ServerEr
                 })?;
         }
     }
-    let infos = backing::check_table(&cfg.table, !cfg.read_only).map_err(backing_err)?;
-    let records: Vec<DeviceRecord> = infos.iter().map(record).collect();
+    backing::check_against(&cfg.table, &infos, !cfg.read_only).map_err(backing_err)?;
     let dax = dax_path::decide(&cfg.table, cfg.dax).map_err(|source| ServerError::Dax {
         name: name.clone(),
         source,
