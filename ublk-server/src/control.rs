@@ -125,6 +125,12 @@ pub struct DeviceState {
     /// recovery refuses files that are not the same or have shrunk.
     #[serde(default)]
     pub devices: Vec<DeviceRecord>,
+    /// Requests are held (`rdm suspend`) until `rdm resume`.
+    #[serde(default)]
+    pub suspended: bool,
+    /// The table `rdm reload` loaded, which `rdm resume` swaps in.
+    #[serde(default)]
+    pub inactive_table: Option<String>,
 }
 
 /// One backing device's identity, recorded for recovery.
@@ -380,9 +386,65 @@ pub fn list() -> Result<Vec<DeviceState>, ControlError> {
     Ok(out)
 }
 
-/// Sends one request line to a device's server and returns its one-line
-/// JSON answer.
-pub fn request(name: &str, line: &str) -> Result<serde_json::Value, ControlError> {
+/// What a control connection asks, as one line: a bare word (`status`,
+/// `remove`, `clear`, `resume`) or a JSON object with `op` and its fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Remove,
+    /// Load an inactive table beside the live one.
+    Reload {
+        table: String,
+    },
+    /// Drop the inactive table.
+    Clear,
+    Suspend {
+        #[serde(default)]
+        nolockfs: bool,
+        #[serde(default)]
+        noflush: bool,
+    },
+    /// Swap in the inactive table, if any, and let I/O run.
+    Resume,
+}
+
+impl Request {
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let line = line.trim();
+        let r = if line.starts_with('{') {
+            serde_json::from_str(line)
+        } else {
+            serde_json::from_value(serde_json::json!({ "op": line }))
+        };
+        r.map_err(|e| format!("bad request: {e}"))
+    }
+
+    /// The request as the one line sent.
+    pub fn line(&self) -> String {
+        match self {
+            Request::Status => "status".into(),
+            Request::Remove => "remove".into(),
+            _ => serde_json::to_string(self).expect("plain data"),
+        }
+    }
+
+    /// How long an answer may take: a suspend waits for the file system
+    /// to freeze and the requests in flight to finish.
+    fn timeout(&self) -> Duration {
+        match self {
+            Request::Suspend { .. } | Request::Resume | Request::Reload { .. } => {
+                Duration::from_secs(600)
+            }
+            _ => Duration::from_secs(30),
+        }
+    }
+}
+
+/// Sends one request to a device's server and returns its one-line JSON
+/// answer.
+pub fn request(name: &str, req: &Request) -> Result<serde_json::Value, ControlError> {
+    let line = req.line();
     let path = socket_path(name);
     let no_answer = |cause| ControlError::NoAnswer {
         name: name.to_string(),
@@ -390,8 +452,7 @@ pub fn request(name: &str, line: &str) -> Result<serde_json::Value, ControlError
         cause,
     };
     let mut s = UnixStream::connect(&path).map_err(no_answer)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(no_answer)?;
+    s.set_read_timeout(Some(req.timeout())).map_err(no_answer)?;
     writeln!(s, "{line}").map_err(no_answer)?;
     let mut answer = String::new();
     BufReader::new(s)
@@ -401,8 +462,9 @@ pub fn request(name: &str, line: &str) -> Result<serde_json::Value, ControlError
         .map_err(|e| no_answer(io::Error::new(io::ErrorKind::InvalidData, e)))
 }
 
-/// The longest request line the control socket reads.
-pub const MAX_REQUEST: usize = 4096;
+/// The longest request line the control socket reads (a reload carries
+/// a whole table).
+pub const MAX_REQUEST: usize = 1 << 20;
 /// How long a peer may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -526,6 +588,8 @@ mod tests {
             zero_copy: None,
             dax: None,
             devices: Vec::new(),
+            suspended: false,
+            inactive_table: None,
         };
         let g = StateGuard::claim(&st).unwrap();
         assert!(matches!(

@@ -3,7 +3,8 @@
 //! This crate owns the backing files (inspecting and opening them), the ublk
 //! device lifecycle through `libublk`, and the request path: queue thread
 //! (`queue`) → request handler (`handler`) → target map (`rdm-targets`) →
-//! backend (`backend::uring` or `backend::dax`) → completion. The mapping itself — which bytes
+//! backend (`backend::uring` or `backend::dax`) → completion; `gate` holds
+//! requests while suspended and swaps tables, `verbs` is the control side. The mapping itself — which bytes
 //! of which backing file a request touches — is `rdm-targets`' job, and DAX
 //! probing is `rdm-dax`'s; this crate only wires them to real I/O.
 
@@ -14,10 +15,13 @@ pub mod control;
 mod ctrl_cmd;
 pub mod dax_path;
 pub mod features;
+mod gate;
 pub mod handler;
+pub mod lockfs;
 mod queue;
 pub mod recovery;
 pub mod request;
 pub mod ring;
 pub mod server;
 pub mod stats;
+mod verbs;

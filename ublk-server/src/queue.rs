@@ -1,7 +1,9 @@
 //! One queue thread: its io_uring (libublk's per-queue ring, carrying both
 //! the ublk commands and the backing I/O), its buffers, one task per tag
-//! that FETCHes a request, hands it to the request handler and COMMITs the
-//! result, and the event loop that drives them.
+//! that FETCHes a request, passes the gate (held while suspended), hands
+//! it to the request handler of the active table and COMMITs the result,
+//! the doorbell task that wakes the queue for a resume or a table swap,
+//! and the event loop that drives them.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -19,14 +21,15 @@ use libublk::{sys, UblkError, UblkUringData};
 
 use crate::buffer::Buffer;
 use crate::features::DataMode;
+use crate::gate::{Gate, QueueGate};
 use crate::request::Request;
-use crate::server::{Core, FORCE_EXIT, STOPPING};
+use crate::server::{FORCE_EXIT, STOPPING};
 
 /// `UBLK_IO_F_NEED_REG_BUF`: auto registration failed, register by hand.
 const IO_F_NEED_REG_BUF: u32 = sys::UBLK_IO_F_NEED_REG_BUF;
 
 /// One queue: its ring, its buffers, one task per tag, and the event loop.
-pub(crate) fn run(qid: u16, dev: &UblkDev, core: &Arc<Core>, mode: DataMode) {
+pub(crate) fn run(qid: u16, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode) {
     let depth = u32::from(dev.dev_info.queue_depth);
     let _ = libublk::io::ublk_init_task_ring(|cell| {
         if cell.get().is_none() {
@@ -77,14 +80,20 @@ pub(crate) fn run(qid: u16, dev: &UblkDev, core: &Arc<Core>, mode: DataMode) {
         }
     }
 
+    let qgate = Rc::new(QueueGate::new(gate, qid));
     let exe = smol::LocalExecutor::new();
     let mut tasks = Vec::new();
+    // Not among `tasks`: it ends with the stop, not with the queue.
+    let _doorbell = exe.spawn({
+        let qgate = qgate.clone();
+        async move { qgate.doorbell().await }
+    });
     for tag in q.tags() {
         let q = q.clone();
         let bufs = bufs.clone();
-        let core = core.clone();
+        let qgate = qgate.clone();
         tasks.push(exe.spawn(async move {
-            match io_task(&q, tag, mode, bufs.get(tag as usize), &core).await {
+            match io_task(&q, tag, mode, bufs.get(tag as usize), &qgate).await {
                 Ok(()) | Err(UblkError::QueueIsDown) => {}
                 Err(e) => tracing::error!(qid = q.get_qid(), tag, "io task: {e:?}"),
             }
@@ -129,7 +138,7 @@ async fn io_task(
     tag: u16,
     mode: DataMode,
     buf: Option<&IoBuf<u8>>,
-    core: &Core,
+    gate: &QueueGate<'_>,
 ) -> Result<(), UblkError> {
     let desc = match (mode, buf) {
         (DataMode::Copy | DataMode::Dax, Some(b)) => BufDesc::Slice(b.as_slice()),
@@ -161,7 +170,13 @@ async fn io_task(
             nr_sectors: iod.nr_sectors,
         };
         let manual = mode == DataMode::ZeroCopy && iod.op_flags & IO_F_NEED_REG_BUF != 0;
-        let res = if manual {
+        // Waits here while the device is suspended.
+        let pass = gate.enter().await;
+        let core = &pass.loaded.core;
+        let res = if !gate.current() {
+            // This ring could not take the active table's files.
+            -libc::EIO
+        } else if manual {
             // The kernel could not register the buffer for us.
             match reg_io_buf(q, tag, true).await {
                 r if r < 0 => r,
@@ -176,6 +191,7 @@ async fn io_task(
         } else {
             core.handle(q, req, buffer).await
         };
+        drop(pass);
         q.submit_io_commit_cmd(tag, desc.clone(), res).await?;
     }
 }

@@ -11,7 +11,8 @@
 //! half-created.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -31,16 +32,16 @@ use crate::control::{self, ControlError, DeviceRecord, DeviceState, StateGuard};
 use crate::ctrl_cmd;
 use crate::dax_path::{self, DaxDecision, DaxDecisionError, DaxPolicy};
 use crate::features::{self, DataMode, ZeroCopy};
+use crate::gate::{Gate, BYTES_SLOT, FIRST_BACKING_SLOT, FIXED_SLOTS, ZERO_SLOT};
 use crate::handler::Handler;
 use crate::queue;
 use crate::recovery::Recovery;
 use crate::request::Request;
-use crate::stats::{Snapshot, Stats};
+use crate::stats::Stats;
+use crate::verbs::Device;
 
 /// Largest request, and the size of each copy-mode buffer.
 const IO_BUF_BYTES: u32 = 512 << 10;
-/// libublk's fixed-file table per queue: slot 0 is /dev/ublkcN.
-const MAX_FDS: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -105,10 +106,8 @@ pub struct Live {
     pub dax_note: Option<String>,
 }
 
-/// What serves the requests: io_uring on the backing files, or the DAX
-/// mappings. Chosen once, before the device exists.
 /// What serves the requests: the handler over io_uring on the backing
-/// files, or over the DAX mappings. Chosen once, before the device exists.
+/// files, or over the DAX mappings. Chosen per table, before it is served.
 #[derive(Debug)]
 pub(crate) enum Core {
     Uring(Handler<UringBackend>),
@@ -116,14 +115,14 @@ pub(crate) enum Core {
 }
 
 impl Core {
-    fn table(&self) -> &Table {
+    pub(crate) fn table(&self) -> &Table {
         match self {
             Core::Uring(h) => &h.table,
             Core::Dax(h) => &h.table,
         }
     }
 
-    fn stats(&self) -> &Stats {
+    pub(crate) fn stats(&self) -> &Stats {
         match self {
             Core::Uring(h) => &h.stats,
             Core::Dax(h) => &h.stats,
@@ -131,7 +130,7 @@ impl Core {
     }
 
     /// How each backing device is accessed, for status.
-    fn access(&self, dev: usize) -> &'static str {
+    pub(crate) fn access(&self, dev: usize) -> &'static str {
         match self {
             Core::Uring(h) => h.backend.access(dev),
             Core::Dax(h) => h.backend.access(dev),
@@ -142,6 +141,44 @@ impl Core {
         match self {
             Core::Uring(h) => h.handle(q, req, buf).await,
             Core::Dax(h) => h.handle(q, req, buf).await,
+        }
+    }
+}
+
+/// One table, ready to serve: its request handler and what is behind it.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) core: Core,
+    /// The io_uring path's backing files: fixed files
+    /// [`FIRST_BACKING_SLOT`].. on every queue ring.
+    files: Vec<File>,
+    /// `Dax` when the DAX mappings serve, else the ublk mode chosen.
+    pub(crate) mode: DataMode,
+    pub(crate) dax: DaxDecision,
+    /// Whether every backing device can discard.
+    pub(crate) discard: bool,
+    /// The backing devices as inspected, for recovery's checks.
+    pub(crate) records: Vec<DeviceRecord>,
+}
+
+impl Loaded {
+    /// The descriptors of the fixed-file slots from [`FIRST_BACKING_SLOT`].
+    pub(crate) fn fixed_fds(&self) -> Vec<RawFd> {
+        self.files.iter().map(|f| f.as_raw_fd()).collect()
+    }
+
+    /// Makes every write that completed durable: fdatasync of each backing
+    /// file, or the DAX backend's own sync.
+    pub(crate) fn sync(&self) -> Result<(), (PathBuf, std::io::Error)> {
+        let paths = self.core.table().devices();
+        match &self.core {
+            Core::Dax(h) => h.backend.sync().map_err(|(i, e)| (paths[i].clone(), e)),
+            Core::Uring(_) => {
+                for (f, p) in self.files.iter().zip(paths) {
+                    f.sync_data().map_err(|e| (p.clone(), e))?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -166,35 +203,49 @@ pub fn serve(
     state.devices = probed.records.clone();
     guard.update(&state)?;
     let features = probed.features;
-    let path = open_data_path(&cfg, probed)?;
+    let loaded = open_data_path(&cfg, probed, true)?;
+    let aux = aux_files(&cfg.name)?;
     // A device rdm added by hand is deleted on the way out of a failed
     // start, as libublk does for its own (see ctrl_cmd).
     let (ctrl, mode, added) = match &waiting {
         Some(old) => {
-            let (c, m) = recover_device(&cfg, old, path.mode)?;
+            let (c, m) = recover_device(&cfg, old, loaded.mode)?;
             (c, m, None)
         }
-        None => add_device(&cfg, path.mode, features)?,
+        None => add_device(&cfg, loaded.mode, features)?,
     };
     // Record the id before the block device appears, so that udev's
     // `rdm udev-name ublkbN` can name it as soon as it does.
     state.dev_id = Some(ctrl.dev_info().dev_id);
     state.mode = Some(mode);
     guard.update(&state)?;
-    let stopper = Arc::new(Stopper { ctrl: ctrl.clone() });
+    let gate = Gate::new(loaded, cfg.queues)
+        .map_err(|e| ublk_err(&cfg.name, "eventfd", UblkError::IOError(e)))?;
+    let gate = Arc::new(gate);
+    let stopper = Arc::new(Stopper {
+        ctrl: ctrl.clone(),
+        gate: gate.clone(),
+    });
     stop_on_signal(sigset, stopper.clone(), &cfg.name)?;
-    let served = run_queues(&cfg, path, mode, state, guard.clone(), stopper, on_live);
+    let device = Device::new(
+        cfg.clone(),
+        features,
+        mode,
+        state,
+        guard.clone(),
+        gate.clone(),
+        stopper,
+    );
+    let served = run_queues(&cfg, device, aux, mode, on_live);
     // run_queues cleaned up after a failed start; from here rdm deletes
     // the device itself (and must not once it is gone: ids are reused).
     if let Some(a) = &added {
         a.disarm();
     }
-    let files = served?;
+    served?;
     // Stopped: the block device is gone and in-flight I/O has drained.
-    for (f, p) in files.iter().zip(cfg.table.devices()) {
-        if let Err(e) = f.sync_data() {
-            tracing::error!(path = %p.display(), "fdatasync after stop failed: {e}");
-        }
+    if let Err((p, e)) = gate.active().sync() {
+        tracing::error!(path = %p.display(), "fdatasync after stop failed: {e}");
     }
     ctrl.del_dev()
         .map_err(|e| ublk_err(&cfg.name, "DEL_DEV", e))?;
@@ -223,6 +274,10 @@ fn claim_or_adopt(
         state.pid = me;
         state.pid_start = control::process_start(me).unwrap_or(0);
         state.state = "recovering".into();
+        // A new server starts resumed, with no inactive table (that one's
+        // files were the old server's).
+        state.suspended = false;
+        state.inactive_table = None;
         guard.update(&state)?;
         return Ok((guard, state, Some(old)));
     }
@@ -244,12 +299,14 @@ fn claim_or_adopt(
         zero_copy: Some(cfg.zero_copy),
         dax: Some(cfg.dax),
         devices: Vec::new(),
+        suspended: false,
+        inactive_table: None,
     };
     Ok((StateGuard::claim(&state)?, state, None))
 }
 
 /// What [`probe`] found out before anything exists.
-struct Probed {
+pub(crate) struct Probed {
     features: u64,
     mode: DataMode,
     dax: DaxDecision,
@@ -260,7 +317,7 @@ struct Probed {
 /// the backing devices checked against the table (and, for a recovery,
 /// against what was recorded: the same objects, not smaller); DAX decided
 /// (`required` fails here, before any device exists).
-fn probe(cfg: &Config, waiting: Option<&DeviceState>) -> Result<Probed, ServerError> {
+pub(crate) fn probe(cfg: &Config, waiting: Option<&DeviceState>) -> Result<Probed, ServerError> {
     let name = &cfg.name;
     let features =
         UblkCtrl::get_features().ok_or_else(|| ServerError::NoUblk { name: name.clone() })?;
@@ -357,50 +414,53 @@ fn check_same_devices(
     Ok(())
 }
 
-/// The chosen data path, ready to serve.
-struct DataPath {
-    core: Core,
-    mode: DataMode,
-    dax: DaxDecision,
-    /// The backing files: fixed files 1..=n on every queue ring (closed
-    /// after the last fdatasync at stop).
-    files: Vec<File>,
-    /// `/dev/zero` and the bytes file: fixed files n+1 and n+2.
-    aux_files: [File; 2],
-    /// Whether every backing device can discard.
-    discard: bool,
-}
-
-/// Step 2: opens the backing devices for the chosen path. Backing files
-/// are fixed files 1..=n on every queue ring; after them `/dev/zero` and a
-/// file of bytes 0..=255, which fill zero-copy buffers that userspace
-/// cannot touch.
-fn open_data_path(cfg: &Config, probed: Probed) -> Result<DataPath, ServerError> {
+/// Step 2: opens the backing devices of `cfg.table` for the chosen path:
+/// the DAX mappings when DAX is active and `allow_dax` (a device serving
+/// zero copy cannot take DAX later), else the files for io_uring, which
+/// become fixed files [`FIRST_BACKING_SLOT`].. on every queue ring.
+pub(crate) fn open_data_path(
+    cfg: &Config,
+    probed: Probed,
+    allow_dax: bool,
+) -> Result<Loaded, ServerError> {
     let name = &cfg.name;
     let backing_err = |source| ServerError::Backing {
         name: name.clone(),
         source,
     };
     let ndev = cfg.table.devices().len();
-    if ndev + 3 > MAX_FDS {
+    let max = FIXED_SLOTS - FIRST_BACKING_SLOT as usize;
+    if ndev > max {
         return Err(ServerError::TooManyDevices {
             name: name.clone(),
             count: ndev,
-            max: MAX_FDS - 3,
+            max,
         });
     }
     let Probed {
         features,
         mut mode,
-        dax,
-        ..
+        mut dax,
+        records,
     } = probed;
     tracing::debug!(features = format!("{features:#x}"), "ublk features");
+    if dax.active && !allow_dax {
+        let why = "the device serves zero copy, which the DAX path cannot".to_string();
+        if let Some(p) = cfg.table.devices().iter().find(|p| is_char_device(p)) {
+            return Err(ServerError::DevDaxNeedsDax {
+                name: name.clone(),
+                path: p.display().to_string(),
+                why,
+            });
+        }
+        dax.active = false;
+        dax.reason = Some(why);
+    }
     let mut files: Vec<File> = Vec::new();
     let mut discard = true;
     let aux = Aux {
-        zero: Some(ndev as u32 + 1),
-        bytes: Some(ndev as u32 + 2),
+        zero: Some(ZERO_SLOT),
+        bytes: Some(BYTES_SLOT),
     };
     let core = if dax.active {
         // Copy mode: the driver copies request data into our buffers and
@@ -419,7 +479,7 @@ fn open_data_path(cfg: &Config, probed: Probed) -> Result<DataPath, ServerError>
             let (f, direct) = backing::open(p, !cfg.read_only).map_err(backing_err)?;
             discard &= backing::supports_discard(&f);
             back.push(Backing {
-                fixed: i as u32 + 1,
+                fixed: FIRST_BACKING_SLOT + i as u32,
                 direct,
             });
             files.push(f);
@@ -430,26 +490,35 @@ fn open_data_path(cfg: &Config, probed: Probed) -> Result<DataPath, ServerError>
             aux,
         ))
     };
-    let zero = File::open("/dev/zero").map_err(|cause| {
-        backing_err(BackingError::Io {
-            path: "/dev/zero".into(),
-            cause,
-        })
-    })?;
-    let bytes = bytes_file().map_err(|cause| {
-        backing_err(BackingError::Io {
-            path: "memfd:rdm-bytes".into(),
-            cause,
-        })
-    })?;
-    Ok(DataPath {
+    Ok(Loaded {
         core,
+        files,
         mode,
         dax,
-        files,
-        aux_files: [zero, bytes],
         discard,
+        records,
     })
+}
+
+fn is_char_device(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_char_device())
+}
+
+/// `/dev/zero` and a file of bytes 0..=255: fixed files [`ZERO_SLOT`] and
+/// [`BYTES_SLOT`], which fill zero-copy buffers that userspace cannot
+/// touch.
+fn aux_files(name: &str) -> Result<[File; 2], ServerError> {
+    let err = |path: &str| {
+        let path = PathBuf::from(path);
+        move |cause| ServerError::Backing {
+            name: name.to_string(),
+            source: BackingError::Io { path, cause },
+        }
+    };
+    let zero = File::open("/dev/zero").map_err(err("/dev/zero"))?;
+    let bytes = bytes_file().map_err(err("memfd:rdm-bytes"))?;
+    Ok([zero, bytes])
 }
 
 /// A memory file whose byte `i` is `i`: reading one byte of it into a
@@ -601,39 +670,33 @@ fn stop_on_signal(
 
 /// Step 4: starts the queues (START_DEV); once the block device is live,
 /// serves control requests and calls `on_live`; returns when the device
-/// has stopped, with the backing files for their last fdatasync.
+/// has stopped.
 fn run_queues(
     cfg: &Config,
-    path: DataPath,
+    device: Device,
+    aux: [File; 2],
     mode: DataMode,
-    mut state: DeviceState,
-    guard: Arc<StateGuard>,
-    stopper: Arc<Stopper>,
     on_live: impl FnOnce(&Live) + Send + Sync + 'static,
-) -> Result<Vec<File>, ServerError> {
-    let DataPath {
-        core,
-        dax,
-        files,
-        aux_files,
-        discard,
-        ..
-    } = path;
-    let core = Arc::new(core);
-    let dax = Arc::new(dax);
-    let fds: Vec<i32> = files
-        .iter()
-        .chain(&aux_files)
-        .map(|f| f.as_raw_fd())
-        .collect();
-    let table = cfg.table.clone();
+) -> Result<(), ServerError> {
+    let gate = device.gate.clone();
+    let active = gate.active();
+    // Every slot registered, the unused ones empty (-1): a reloaded table
+    // may bring more devices.
+    let mut fds = [-1; FIXED_SLOTS];
+    fds[ZERO_SLOT as usize] = aux[0].as_raw_fd();
+    fds[BYTES_SLOT as usize] = aux[1].as_raw_fd();
+    for (i, fd) in active.fixed_fds().into_iter().enumerate() {
+        fds[FIRST_BACKING_SLOT as usize + i] = fd;
+    }
+    let table = active.core.table().clone();
+    let (discard, dax_note) = (active.discard, active.dax.note.clone());
+    drop(active);
     let (block_size, read_only, depth) = (cfg.block_size, cfg.read_only, cfg.depth);
     let tgt_init = move |dev: &mut UblkDev| -> Result<(), UblkError> {
         let t = &mut dev.tgt;
-        for fd in &fds {
-            t.fds[t.nr_fds as usize] = *fd;
-            t.nr_fds += 1;
-        }
+        // Slot 0 is libublk's /dev/ublkcN.
+        t.fds[1..].copy_from_slice(&fds[1..]);
+        t.nr_fds = FIXED_SLOTS as i32;
         // Each tag can have a ublk command and several backing ops in flight.
         t.sq_depth = depth.saturating_mul(2);
         t.cq_depth = depth.saturating_mul(4);
@@ -647,34 +710,30 @@ fn run_queues(
         );
         Ok(())
     };
-    let q_core = core.clone();
-    let queue_fn = move |qid: u16, dev: &UblkDev| queue::run(qid, dev, &q_core, mode);
-    let ctrl = stopper.ctrl.clone();
+    let q_gate = gate.clone();
+    let queue_fn = move |qid: u16, dev: &UblkDev| queue::run(qid, dev, &q_gate, mode);
+    let ctrl = device.stopper.ctrl.clone();
+    let device = Arc::new(device);
     let device_fn = move |c: &UblkCtrl| {
         let live = Live {
             dev_id: c.dev_info().dev_id,
             bdev: c.get_bdev_path(),
             mode,
-            dax_note: dax.note.clone(),
+            dax_note,
         };
-        state.state = "live".into();
-        state.dev_id = Some(live.dev_id);
-        state.bdev = Some(live.bdev.clone());
-        state.mode = Some(mode);
-        let started = control::serve_socket(&state.name, {
-            let (state, stopper, dax) = (state.clone(), stopper.clone(), dax.clone());
-            move |req| answer(req, &state, &core, &dax, &stopper)
-        })
-        .and_then(|()| guard.update(&state));
+        let started = device.went_live(&live).and_then(|()| {
+            let d = device.clone();
+            control::serve_socket(&device.cfg.name, move |req| d.answer(req))
+        });
         match started {
             Ok(()) => {
-                guard.settle();
+                device.guard.settle();
                 tracing::info!(bdev = %live.bdev, "device is live");
                 on_live(&live);
             }
             Err(e) => {
                 tracing::error!("{e}");
-                stopper.stop();
+                device.stopper.stop();
             }
         }
     };
@@ -689,8 +748,8 @@ fn run_queues(
         }
         return Err(ublk_err(&cfg.name, "START_DEV", e));
     }
-    drop(aux_files);
-    Ok(files)
+    drop(aux);
+    Ok(())
 }
 
 /// libublk's `run_target`, except for one case: a device recovered from
@@ -736,121 +795,39 @@ where
     Ok(())
 }
 
-struct Stopper {
-    ctrl: Arc<UblkCtrl>,
+pub(crate) struct Stopper {
+    pub(crate) ctrl: Arc<UblkCtrl>,
+    gate: Arc<Gate>,
 }
 
 impl Stopper {
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         if STOPPING.swap(true, Ordering::SeqCst) {
             return;
         }
-        // libublk's control ring is per thread.
-        let _ = libublk::ublk_init_ctrl_task_ring(|r| {
-            if r.is_none() {
-                *r = Some(
-                    IoUring::<squeue::Entry128>::builder()
-                        .build(16)
-                        .map_err(UblkError::IOError)?,
-                );
-            }
-            Ok(())
-        });
+        // Requests held by a suspend must run for the device to drain, and
+        // the queues' doorbell tasks must see the stop.
+        self.gate.release();
+        self.gate.thaw();
+        ctrl_ring();
         if let Err(e) = self.ctrl.kill_dev() {
             tracing::error!("STOP_DEV failed: {e:?}");
         }
     }
 }
 
-/// Answers one control request.
-fn answer(
-    req: &str,
-    state: &DeviceState,
-    core: &Core,
-    dax: &DaxDecision,
-    stopper: &Stopper,
-) -> serde_json::Value {
-    match req {
-        "status" => serde_json::to_value(status(state, core, dax)).expect("plain data"),
-        "remove" => {
-            std::thread::spawn({
-                let ctrl = stopper.ctrl.clone();
-                move || Stopper { ctrl }.stop()
-            });
-            serde_json::json!({ "ok": true })
+/// libublk's control ring is per thread: makes one for this thread.
+pub(crate) fn ctrl_ring() {
+    let _ = libublk::ublk_init_ctrl_task_ring(|r| {
+        if r.is_none() {
+            *r = Some(
+                IoUring::<squeue::Entry128>::builder()
+                    .build(16)
+                    .map_err(UblkError::IOError)?,
+            );
         }
-        other => serde_json::json!({ "error": format!("unknown request {other:?}") }),
-    }
-}
-
-#[derive(Serialize)]
-pub struct Status<'a> {
-    #[serde(flatten)]
-    pub state: &'a DeviceState,
-    /// Each segment's status line as `dmsetup status` prints it.
-    pub dm_status: Vec<String>,
-    pub segments: Vec<SegmentStatus>,
-    pub devices: Vec<DeviceStatus>,
-    pub dax: &'a DaxDecision,
-}
-
-#[derive(Serialize)]
-pub struct SegmentStatus {
-    pub line: usize,
-    pub start: u64,
-    pub len: u64,
-    pub target: &'static str,
-    pub stats: Snapshot,
-}
-
-#[derive(Serialize)]
-pub struct DeviceStatus {
-    pub path: String,
-    /// Opened with O_DIRECT (io_uring path).
-    pub direct: bool,
-    /// `o_direct`, `buffered` or `dax`.
-    pub access: &'static str,
-    /// dm-stripe's A (alive) / D (dead: has seen errors).
-    pub health: &'static str,
-    pub stats: Snapshot,
-}
-
-fn status<'a>(state: &'a DeviceState, core: &Core, dax: &'a DaxDecision) -> Status<'a> {
-    let (table, stats) = (core.table(), core.stats());
-    let dev_errors: Vec<u64> = stats.devices.iter().map(|c| c.snapshot().errors).collect();
-    Status {
-        state,
-        dm_status: table.status_lines(&dev_errors),
-        segments: table
-            .segments()
-            .iter()
-            .zip(&stats.segments)
-            .map(|(s, c)| SegmentStatus {
-                line: s.line,
-                start: s.start,
-                len: s.len,
-                target: s.target.name(),
-                stats: c.snapshot(),
-            })
-            .collect(),
-        devices: table
-            .devices()
-            .iter()
-            .zip(&stats.devices)
-            .enumerate()
-            .map(|(i, (p, c))| {
-                let stats = c.snapshot();
-                DeviceStatus {
-                    path: p.display().to_string(),
-                    direct: core.access(i) == "o_direct",
-                    access: core.access(i),
-                    health: if stats.errors == 0 { "A" } else { "D" },
-                    stats,
-                }
-            })
-            .collect(),
-        dax,
-    }
+        Ok(())
+    });
 }
 
 /// Block-device parameters from the table: size, block sizes, dm-stripe's

@@ -24,6 +24,8 @@ Examples:
   rdm features [--json]         # the kernel's ublk features and the data path rdm picks
   rdm remove data [--force]     # drains, fdatasyncs the backing files, deletes the device
   rdm recover data              # a new server for a device whose server died
+  rdm reload data new.table; rdm resume data   # replace the live table (dmsetup load + resume)
+  rdm suspend data; rdm resume data           # hold I/O (fs frozen), then let it run
 
 Exit codes: 0 success, 1 the operation failed (bad table, unusable backing
 file, device error), 2 wrong usage or not supported by this build or kernel.";
@@ -65,8 +67,34 @@ pub enum Command {
         #[arg(long)]
         foreground: bool,
     },
-    /// Print a device's table.
-    Table { name: String },
+    /// Print a device's table (or the inactive one `reload` loaded).
+    Table {
+        name: String,
+        /// The table loaded by `rdm reload`, not yet swapped in.
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Load a new table beside the live one (dmsetup load); `rdm resume`
+    /// swaps it in. Checked against the backing files as `create` checks;
+    /// I/O is not touched.
+    #[command(after_help = RELOAD_EXAMPLES)]
+    Reload(ReloadArgs),
+    /// Drop the table `rdm reload` loaded.
+    Clear { name: String },
+    /// Hold new I/O (it waits, nothing fails), let in-flight I/O finish,
+    /// flush the backing files; a mounted file system is frozen first.
+    Suspend {
+        name: String,
+        /// Do not freeze the file system mounted on the device.
+        #[arg(long)]
+        nolockfs: bool,
+        /// Do not flush the backing devices.
+        #[arg(long)]
+        noflush: bool,
+    },
+    /// Swap in the table `rdm reload` loaded (if any; the device size
+    /// follows it), let held I/O run, thaw the file system.
+    Resume { name: String },
     /// Show a device's mode, queues and per-segment/per-device counters.
     Status {
         name: String,
@@ -100,6 +128,27 @@ Examples:
   echo '0 2048 zero' | rdm create z -     # table on stdin
   rdm create data --dry-run --json --table '0 2048 linear /srv/a.img 0'
 In --table, ';' also separates lines.";
+
+const RELOAD_EXAMPLES: &str = "\
+Examples:
+  # grow: append a segment, swap it in, grow the file system online
+  rdm reload data --table '0 2097152 linear /srv/a.img 0;2097152 2097152 linear /srv/b.img 0'
+  rdm resume data && resize2fs /dev/ublkb0
+  # move a segment to another file (as pvmove does): copy while suspended
+  rdm suspend data && cp /srv/a.img /srv/c.img
+  rdm reload data --table '0 2097152 linear /srv/c.img 0' && rdm resume data
+A size change needs Linux 6.16+ (UPDATE_SIZE); without it such a reload is refused.";
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    pub name: String,
+    /// File holding the table, or - for standard input.
+    #[arg(conflicts_with = "table", required_unless_present = "table")]
+    pub file: Option<PathBuf>,
+    /// The table itself; ';' separates lines.
+    #[arg(long, value_name = "TEXT")]
+    pub table: Option<String>,
+}
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {

@@ -1,4 +1,5 @@
 use std::io::Read;
+use std::path::Path;
 
 use rdm_targets::Table;
 use rdm_ublk_server::backing::{self, BackingError, BackingInfo};
@@ -10,11 +11,11 @@ use crate::error::CliError;
 use rdm_ublk_server::control::{self, Liveness};
 
 /// Reads the table from `--table`, a file, or stdin (`-`).
-fn read_table_text(args: &CreateArgs) -> Result<String, CliError> {
-    if let Some(t) = &args.table {
+pub fn read_table_text(table: Option<&str>, file: Option<&Path>) -> Result<String, CliError> {
+    if let Some(t) = table {
         return Ok(t.replace(';', "\n"));
     }
-    let file = args.file.as_ref().expect("clap requires FILE or --table");
+    let file = file.expect("clap requires FILE or --table");
     if file.as_os_str() == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -29,20 +30,30 @@ fn read_table_text(args: &CreateArgs) -> Result<String, CliError> {
 /// Parses and checks a table against its backing devices and the device
 /// options; the one path every verb that takes a table goes through.
 pub fn load(args: &CreateArgs) -> Result<(Table, Vec<BackingInfo>), CliError> {
-    let text = read_table_text(args)?;
+    let text = read_table_text(args.table.as_deref(), args.file.as_deref())?;
+    check(&args.name, &text, args.block_size, args.read_only)
+}
+
+/// [`load`] on a table's text, for device `name` with these options.
+pub fn check(
+    name: &str,
+    text: &str,
+    block_size: u32,
+    read_only: bool,
+) -> Result<(Table, Vec<BackingInfo>), CliError> {
     let bad_table = |e: rdm_targets::TableError| {
-        let c = CliError::failed(format!("{}: bad table: {e}", args.name));
+        let c = CliError::failed(format!("{name}: bad table: {e}"));
         if e.text.is_empty() {
             c
         } else {
             c.with_context(e.text)
         }
     };
-    let table = Table::parse(&text).map_err(bad_table)?;
-    table.check_block_size(args.block_size).map_err(bad_table)?;
-    let devices = backing::check_table(&table, !args.read_only).map_err(|e| match e {
+    let table = Table::parse(text).map_err(bad_table)?;
+    table.check_block_size(block_size).map_err(bad_table)?;
+    let devices = backing::check_table(&table, !read_only).map_err(|e| match e {
         BackingError::Table(t) => bad_table(t),
-        other => CliError::failed(format!("{}: {other}", args.name)),
+        other => CliError::failed(format!("{name}: {other}")),
     })?;
     Ok((table, devices))
 }

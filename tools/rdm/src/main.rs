@@ -7,6 +7,7 @@
 mod cli;
 mod create;
 mod error;
+mod live;
 mod manage;
 mod serve;
 
@@ -24,7 +25,15 @@ fn main() {
         } => create::recover(&name, json, foreground),
         Command::Remove { name, force } => manage::remove(&name, force),
         Command::Ls { json } => manage::ls(json),
-        Command::Table { name } => manage::table(&name),
+        Command::Table { name, inactive } => manage::table(&name, inactive),
+        Command::Reload(args) => live::reload(&args),
+        Command::Clear { name } => live::clear(&name),
+        Command::Suspend {
+            name,
+            nolockfs,
+            noflush,
+        } => live::suspend(&name, nolockfs, noflush),
+        Command::Resume { name } => live::resume(&name),
         Command::Status { name, json, dm } => manage::status(&name, json, dm),
         Command::Features { json } => manage::features(json),
         Command::UdevName { kernel_name } => manage::udev_name(&kernel_name),

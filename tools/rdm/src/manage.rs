@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rdm_ublk_server::control::{self, ControlError, DeviceState, Liveness};
+use rdm_ublk_server::control::{self, ControlError, DeviceState, Liveness, Request};
 use rdm_ublk_server::features;
 use serde::Serialize;
 
@@ -14,6 +14,15 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn failed(e: ControlError) -> CliError {
     CliError::failed(e.to_string())
+}
+
+/// Sends a request to a device's server; an `error` answer is a failure.
+pub fn ask(name: &str, req: &Request) -> Result<serde_json::Value, CliError> {
+    let v = control::request(name, req).map_err(failed)?;
+    match v["error"].as_str() {
+        Some(e) => Err(CliError::failed(e)),
+        None => Ok(v),
+    }
 }
 
 fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -32,7 +41,7 @@ pub fn remove(name: &str, force: bool) -> Result<(), CliError> {
     let waiting = st.liveness() == Liveness::Recovering;
     let mut dead = !control::pid_alive(st.pid, st.pid_start);
     if !dead {
-        let asked = control::request(name, "remove");
+        let asked = control::request(name, &Request::Remove);
         let stopped =
             asked.is_ok() && wait_until(STOP_TIMEOUT, || !control::pid_alive(st.pid, st.pid_start));
         if !stopped {
@@ -106,6 +115,9 @@ struct LsRow<'a> {
     pid: u32,
     size_bytes: u64,
     mode: Option<&'static str>,
+    suspended: bool,
+    /// An inactive table is loaded (`rdm reload`).
+    inactive_table: bool,
 }
 
 pub fn ls(json: bool) -> Result<(), CliError> {
@@ -119,17 +131,22 @@ pub fn ls(json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<9} {:<14} {:>12} MODE",
-        "NAME", "STATE", "DEVICE", "SIZE"
+        "{:<20} {:<10} {:<14} {:>12} {:<9} INACTIVE",
+        "NAME", "STATE", "DEVICE", "SIZE", "MODE"
     );
     for r in rows {
+        let state = match (r.state, r.suspended) {
+            (Liveness::Live, true) => "suspended".to_string(),
+            (s, _) => format!("{s:?}").to_lowercase(),
+        };
         println!(
-            "{:<20} {:<9} {:<14} {:>12} {}",
+            "{:<20} {:<10} {:<14} {:>12} {:<9} {}",
             r.name,
-            format!("{:?}", r.state).to_lowercase(),
+            state,
             r.bdev.unwrap_or("-"),
             human(r.size_bytes),
-            r.mode.unwrap_or("-")
+            r.mode.unwrap_or("-"),
+            if r.inactive_table { "yes" } else { "-" }
         );
     }
     Ok(())
@@ -144,6 +161,8 @@ fn row(s: &DeviceState) -> LsRow<'_> {
         pid: s.pid,
         size_bytes: s.size_bytes,
         mode: s.mode.map(|m| m.name()),
+        suspended: s.suspended,
+        inactive_table: s.inactive_table.is_some(),
     }
 }
 
@@ -181,9 +200,14 @@ pub fn udev_name(kernel_name: &str) -> Result<(), CliError> {
     }
 }
 
-pub fn table(name: &str) -> Result<(), CliError> {
+/// The live table, or with `inactive` the one `rdm reload` loaded
+/// (nothing if none is, as `dmsetup table --inactive`).
+pub fn table(name: &str, inactive: bool) -> Result<(), CliError> {
     let st = control::read_state(name).map_err(failed)?;
-    print!("{}", st.table);
+    match inactive {
+        false => print!("{}", st.table),
+        true => print!("{}", st.inactive_table.as_deref().unwrap_or("")),
+    }
     Ok(())
 }
 
@@ -210,7 +234,7 @@ pub fn status(name: &str, json: bool, dm: bool) -> Result<(), CliError> {
             st.pid
         )));
     }
-    let v = control::request(name, "status").map_err(failed)?;
+    let v = ask(name, &Request::Status)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return Ok(());
@@ -236,6 +260,12 @@ pub fn status(name: &str, json: bool, dm: bool) -> Result<(), CliError> {
             _ => String::new(),
         }
     );
+    if v["suspended"].as_bool() == Some(true) {
+        println!("  suspended: I/O is held until `rdm resume {name}`");
+    }
+    if v["inactive_table"].is_string() {
+        println!("  inactive table loaded: `rdm table --inactive {name}` shows it, `rdm resume {name}` swaps it in");
+    }
     let stats = |s: &serde_json::Value| {
         format!(
             "reads {} ({}) writes {} ({}) flushes {} discards {} write-zeroes {} errors {}",

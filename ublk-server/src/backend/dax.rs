@@ -67,6 +67,23 @@ impl DaxBackend {
     }
 }
 
+impl DaxBackend {
+    /// Outside any request (a suspend): a fence, and an fdatasync of every
+    /// fs-dax file whose metadata a discard changed.
+    pub fn sync(&self) -> Result<(), (DevIdx, std::io::Error)> {
+        for (i, m) in self.maps.iter().enumerate() {
+            m.fence();
+            if self.dirty_meta[i].swap(false, Ordering::AcqRel) {
+                if let Err(e) = rustix::fs::fdatasync(m) {
+                    self.dirty_meta[i].store(true, Ordering::Release);
+                    return Err((i, e.into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Bytes of each device the table maps, to check mappings against.
 fn needed_bytes(table: &Table) -> Vec<u64> {
     let mut need = vec![0u64; table.devices().len()];

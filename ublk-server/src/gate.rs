@@ -1,0 +1,259 @@
+//! Suspend and resume: the gate every request passes on its way to the
+//! request handler, and the active table behind it.
+//!
+//! The control side [`Gate::hold`]s new requests (they wait in their queue
+//! task; nothing is failed), [`Gate::drain`]s the ones in flight,
+//! [`Gate::swap`]s in another table, and [`Gate::release`]s. The queue side
+//! ([`QueueGate`]) counts each request in and out and picks up a new table
+//! on its own thread: the backing files are fixed files of each queue's
+//! ring, and a ring's file table is updated by the thread that owns it.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_listener::Event;
+use io_uring::{opcode, types};
+use libublk::uring_async::ublk_submit_sqe_async;
+use libublk::UblkUringData;
+
+use crate::lockfs::Frozen;
+use crate::server::{Loaded, STOPPING};
+
+/// Fixed-file slots on every queue ring: 0 is /dev/ublkcN (libublk's),
+/// then `/dev/zero` and the bytes file, then the backing devices. All
+/// [`FIXED_SLOTS`] are registered (unused ones empty) so that a new table
+/// with more devices fits.
+pub(crate) const ZERO_SLOT: u32 = 1;
+pub(crate) const BYTES_SLOT: u32 = 2;
+pub(crate) const FIRST_BACKING_SLOT: u32 = 3;
+pub(crate) const FIXED_SLOTS: usize = 32;
+
+/// Shared by the control thread and every queue.
+pub(crate) struct Gate {
+    held: AtomicBool,
+    /// Requests between [`QueueGate::enter`] and the drop of their
+    /// [`Pass`], per queue (no shared cache line on the hot path).
+    inflight: Vec<AtomicUsize>,
+    /// Bumped by every [`Gate::swap`]; queues compare it per request.
+    generation: AtomicU64,
+    active: Mutex<Arc<Loaded>>,
+    /// One eventfd per queue, polled on that queue's ring: writing it
+    /// wakes a queue thread that sleeps in `io_uring_enter`.
+    doorbells: Vec<OwnedFd>,
+    /// The file system a suspend froze, thawed by resume or a stop.
+    frozen: Mutex<Option<Frozen>>,
+}
+
+impl Gate {
+    pub(crate) fn new(active: Loaded, queues: u16) -> std::io::Result<Gate> {
+        let doorbells = (0..queues)
+            .map(|_| {
+                rustix::event::eventfd(
+                    0,
+                    rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
+                )
+                .map_err(std::io::Error::from)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Gate {
+            held: AtomicBool::new(false),
+            inflight: (0..queues).map(|_| AtomicUsize::new(0)).collect(),
+            generation: AtomicU64::new(0),
+            active: Mutex::new(Arc::new(active)),
+            doorbells,
+            frozen: Mutex::new(None),
+        })
+    }
+
+    /// The table being served.
+    pub(crate) fn active(&self) -> Arc<Loaded> {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn is_held(&self) -> bool {
+        self.held.load(SeqCst)
+    }
+
+    /// New requests wait from now on. Returns false if they already did.
+    pub(crate) fn hold(&self) -> bool {
+        !self.held.swap(true, SeqCst)
+    }
+
+    /// Waits until no request is in flight (all of them wait at the gate
+    /// or have completed). Only meaningful while held.
+    pub(crate) fn drain(&self) {
+        let t0 = Instant::now();
+        let mut pause = Duration::from_micros(50);
+        let mut warned = false;
+        while self.inflight.iter().any(|n| n.load(SeqCst) != 0) {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+            if !warned && t0.elapsed() > Duration::from_secs(10) {
+                tracing::warn!("suspend: still waiting for the requests in flight");
+                warned = true;
+            }
+        }
+    }
+
+    /// Makes `next` the table every request is served by; returns the old
+    /// one. Only while held and drained: no request uses the old one.
+    pub(crate) fn swap(&self, next: Arc<Loaded>) -> Arc<Loaded> {
+        let old = std::mem::replace(
+            &mut *self.active.lock().unwrap_or_else(|p| p.into_inner()),
+            next,
+        );
+        self.generation.fetch_add(1, SeqCst);
+        // Queues take the new table's files now, not at their next request:
+        // the old files close once every ring has let go of them.
+        self.ring_all();
+        old
+    }
+
+    /// Lets the waiting requests run, on whatever table is active now.
+    pub(crate) fn release(&self) {
+        self.held.store(false, SeqCst);
+        self.ring_all();
+    }
+
+    pub(crate) fn set_frozen(&self, f: Frozen) {
+        *self.frozen.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    /// Thaws what a suspend froze (dropping [`Frozen`] thaws).
+    pub(crate) fn thaw(&self) {
+        self.frozen.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Wakes every queue thread (also used to let them see a stop).
+    pub(crate) fn ring_all(&self) {
+        for fd in &self.doorbells {
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+        }
+    }
+}
+
+/// One queue's side of the gate; lives on the queue thread.
+pub(crate) struct QueueGate<'a> {
+    gate: &'a Gate,
+    qid: usize,
+    seen: Cell<u64>,
+    // Rc around the Arc: each request clones it without an atomic on a
+    // cache line every queue shares.
+    #[allow(clippy::redundant_allocation)]
+    active: RefCell<Rc<Arc<Loaded>>>,
+    /// Wakes this queue's waiting requests (same thread).
+    opened: Event,
+}
+
+/// A request's permission to run, with the table it runs on; counts it in
+/// flight until dropped.
+pub(crate) struct Pass<'a> {
+    inflight: &'a AtomicUsize,
+    #[allow(clippy::redundant_allocation)]
+    pub loaded: Rc<Arc<Loaded>>,
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        self.inflight.fetch_sub(1, SeqCst);
+    }
+}
+
+impl<'a> QueueGate<'a> {
+    pub(crate) fn new(gate: &'a Gate, qid: u16) -> Self {
+        QueueGate {
+            gate,
+            qid: usize::from(qid),
+            seen: Cell::new(gate.generation.load(SeqCst)),
+            active: RefCell::new(Rc::new(gate.active())),
+            opened: Event::new(),
+        }
+    }
+
+    /// Waits while the device is suspended, then counts the request in.
+    pub(crate) async fn enter(&self) -> Pass<'a> {
+        let inflight = &self.gate.inflight[self.qid];
+        loop {
+            // Counted in before looking: `hold` then `drain` on the control
+            // side sees either this count or this request waiting.
+            inflight.fetch_add(1, SeqCst);
+            if !self.gate.held.load(SeqCst) {
+                break;
+            }
+            inflight.fetch_sub(1, SeqCst);
+            let listener = self.opened.listen();
+            if self.gate.held.load(SeqCst) {
+                listener.await;
+            }
+        }
+        self.refresh();
+        Pass {
+            inflight,
+            loaded: self.active.borrow().clone(),
+        }
+    }
+
+    /// Picks up a swapped table: its backing files replace the old ones in
+    /// this ring's fixed-file table.
+    fn refresh(&self) {
+        let generation = self.gate.generation.load(SeqCst);
+        if generation == self.seen.get() {
+            return;
+        }
+        let next = self.gate.active();
+        let mut fds: Vec<RawFd> = next.fixed_fds();
+        fds.resize(FIXED_SLOTS - FIRST_BACKING_SLOT as usize, -1);
+        let r = libublk::io::with_task_io_ring(|ring| {
+            ring.submitter()
+                .register_files_update(FIRST_BACKING_SLOT, &fds)
+        });
+        if let Err(e) = r {
+            // Nothing runs on a ring with the wrong files: every request
+            // of this queue fails until the files are in place.
+            tracing::error!(
+                qid = self.qid,
+                "updating the ring's backing files failed: {e}"
+            );
+            return;
+        }
+        *self.active.borrow_mut() = Rc::new(next);
+        self.seen.set(generation);
+    }
+
+    /// Whether the queue's files are those of the active table (false
+    /// only after a failed file update).
+    pub(crate) fn current(&self) -> bool {
+        self.seen.get() == self.gate.generation.load(SeqCst)
+    }
+
+    /// The queue's doorbell task: sleeps on the eventfd in the ring, and on
+    /// each ring takes a swapped table and wakes the waiting requests.
+    /// Ends when the server stops.
+    pub(crate) async fn doorbell(&self) {
+        let fd = self.gate.doorbells[self.qid].as_raw_fd();
+        while !STOPPING.load(SeqCst) {
+            let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build();
+            let r = ublk_submit_sqe_async(sqe, UblkUringData::Target as u64)
+                .await
+                .unwrap_or(-libc::EIO);
+            let mut v = [0u8; 8];
+            let _ = rustix::io::read(&self.gate.doorbells[self.qid], &mut v);
+            if r < 0 && r != -libc::EINTR {
+                tracing::error!(qid = self.qid, "doorbell poll failed: {r}");
+                break;
+            }
+            self.refresh();
+            if !self.gate.held.load(SeqCst) {
+                self.opened.notify(usize::MAX);
+            }
+        }
+        self.opened.notify(usize::MAX);
+    }
+}
