@@ -695,6 +695,12 @@ impl BackgroundVerify {
     /// Starts on `dev`, writing `io_size` (e.g. "64M") over the first
     /// `size` of it.
     pub fn start(dev: &str, size: &str, io_size: &str) -> BackgroundVerify {
+        Self::start_rw(dev, size, io_size, "randwrite")
+    }
+
+    /// [`BackgroundVerify::start`] with another fio `--rw` (e.g. `randrw`:
+    /// reads of written blocks are verified as they happen too).
+    pub fn start_rw(dev: &str, size: &str, io_size: &str, rw: &str) -> BackgroundVerify {
         let child = Command::new("fio")
             .args([
                 "--name=verify",
@@ -702,7 +708,7 @@ impl BackgroundVerify {
                 "--ioengine=io_uring",
                 "--direct=1",
                 "--iodepth=16",
-                "--rw=randwrite",
+                &format!("--rw={rw}"),
                 "--bs=4k",
                 &format!("--size={size}"),
                 &format!("--io_size={io_size}"),

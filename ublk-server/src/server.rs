@@ -714,6 +714,8 @@ fn run_queues(
     let queue_fn = move |qid: u16, dev: &UblkDev| queue::run(qid, dev, &q_gate, mode);
     let ctrl = device.stopper.ctrl.clone();
     let device = Arc::new(device);
+    // Held until the device has stopped; the control socket has a Weak.
+    let served = device.clone();
     let device_fn = move |c: &UblkCtrl| {
         let live = Live {
             dev_id: c.dev_info().dev_id,
@@ -722,8 +724,13 @@ fn run_queues(
             dax_note,
         };
         let started = device.went_live(&live).and_then(|()| {
-            let d = device.clone();
-            control::serve_socket(&device.cfg.name, move |req| d.answer(req))
+            // Weak: the socket thread outlives the device, whose drop
+            // (with the state guard's) is the end of a stop.
+            let d = Arc::downgrade(&device);
+            control::serve_socket(&device.cfg.name, move |req| match d.upgrade() {
+                Some(d) => d.answer(req),
+                None => serde_json::json!({ "error": "the device is being removed" }),
+            })
         });
         match started {
             Ok(()) => {
@@ -748,6 +755,7 @@ fn run_queues(
         }
         return Err(ublk_err(&cfg.name, "START_DEV", e));
     }
+    drop(served);
     drop(aux);
     Ok(())
 }

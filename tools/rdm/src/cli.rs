@@ -91,10 +91,18 @@ pub enum Command {
         /// Do not flush the backing devices.
         #[arg(long)]
         noflush: bool,
+        /// Print the server's answer (e.g. how long draining took).
+        #[arg(long)]
+        json: bool,
     },
     /// Swap in the table `rdm reload` loaded (if any; the device size
     /// follows it), let held I/O run, thaw the file system.
-    Resume { name: String },
+    Resume {
+        name: String,
+        /// Print the server's answer (e.g. how long I/O was held).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a device's mode, queues and per-segment/per-device counters.
     Status {
         name: String,

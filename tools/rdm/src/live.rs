@@ -41,14 +41,22 @@ pub fn clear(name: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn suspend(name: &str, nolockfs: bool, noflush: bool) -> Result<(), CliError> {
+pub fn suspend(name: &str, nolockfs: bool, noflush: bool, json: bool) -> Result<(), CliError> {
     live_state(name)?;
-    ask(name, &Request::Suspend { nolockfs, noflush })?;
+    let v = ask(name, &Request::Suspend { nolockfs, noflush })?;
+    print_json(json, &v);
     Ok(())
 }
 
-pub fn resume(name: &str) -> Result<(), CliError> {
+pub fn resume(name: &str, json: bool) -> Result<(), CliError> {
     live_state(name)?;
-    ask(name, &Request::Resume)?;
+    let v = ask(name, &Request::Resume)?;
+    print_json(json, &v);
     Ok(())
+}
+
+fn print_json(json: bool, v: &serde_json::Value) {
+    if json {
+        println!("{v}");
+    }
 }
