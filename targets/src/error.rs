@@ -30,6 +30,10 @@ pub enum TableErrorKind {
     Gap { start: u64, expected: u64 },
     #[error("the table is larger than 2^64 bytes")]
     TooLarge,
+    /// A backing range (offset + length) past 2^64 bytes: no device is
+    /// that large, and its byte offsets would not fit in 64 bits.
+    #[error("{path}: the table uses sectors {start}.. of it, past 2^64 bytes")]
+    BackingTooLarge { path: PathBuf, start: u64 },
     /// A target's constructor refused its arguments: the kernel's
     /// `ti->error`, or ours worded the same way.
     #[error("{target}: {msg}")]

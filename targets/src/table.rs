@@ -92,6 +92,20 @@ impl Table {
                 .checked_add(len)
                 .filter(|end| end.checked_mul(SECTOR_SIZE).is_some())
                 .ok_or_else(|| err(K::TooLarge))?;
+            // The target maps inside its extents: each must end within
+            // 2^64 bytes for the backing byte offsets to fit.
+            let beyond = target.extents(table.segments.len()).into_iter().find(|e| {
+                e.start
+                    .checked_add(e.len)
+                    .and_then(|end| end.checked_mul(SECTOR_SIZE))
+                    .is_none()
+            });
+            if let Some(e) = beyond {
+                return Err(err(K::BackingTooLarge {
+                    path: table.devices[e.dev].clone(),
+                    start: e.start,
+                }));
+            }
             table.segments.push(Segment {
                 start,
                 len,

@@ -108,6 +108,32 @@ fn segments_start_at_zero_adjoin_and_are_not_empty() {
     assert_eq!(err(&huge).1, K::TooLarge);
 }
 
+/// A backing range must end within 2^64 bytes, or mapping it would
+/// overflow (found by the `table` fuzz target: a striped offset of 2^64-1).
+#[test]
+fn backing_ranges_end_within_2_pow_64_bytes() {
+    let last = u64::MAX / 512; // the last sector end that fits in bytes
+    for ok in [
+        format!("0 8 linear /a {}", last - 8),
+        format!("0 16 striped 2 8 /a 0 /b {}", last - 8),
+        format!("0 8 flakey /a {} 1 1", last - 8),
+        format!("0 8 delay /a 0 0 /b {} 0", last - 8),
+    ] {
+        Table::parse(&ok).unwrap();
+    }
+    for (bad, path) in [
+        (format!("0 8 linear /a {}", last - 7), "/a"),
+        (format!("0 16 striped 2 8 /a 0 /b {}", u64::MAX), "/b"),
+        (format!("0 8 flakey /a {} 1 1", last), "/a"),
+        (format!("0 8 delay /a 0 0 /b {} 0", last - 7), "/b"),
+    ] {
+        match err(&bad) {
+            (1, K::BackingTooLarge { path: p, .. }) => assert_eq!(p.to_str(), Some(path)),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
+
 /// The message of a refused table's rule.
 fn msg(text: &str) -> String {
     err(text).1.to_string()

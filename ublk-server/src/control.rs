@@ -357,11 +357,15 @@ pub fn read_state(name: &str) -> Result<DeviceState, ControlError> {
     if meta.len() > 1 << 20 {
         return Err(untrusted("larger than any record"));
     }
-    let text = fs::read_to_string(&path).map_err(io_err(&path))?;
-    serde_json::from_str(&text).map_err(|e| ControlError::Io {
-        path,
-        cause: io::Error::new(io::ErrorKind::InvalidData, e),
-    })
+    let bytes = fs::read(&path).map_err(io_err(&path))?;
+    parse_state(&bytes).map_err(io_err(&path))
+}
+
+/// A state file's contents as [`read_state`] reads them (UTF-8 JSON).
+pub fn parse_state(bytes: &[u8]) -> io::Result<DeviceState> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    serde_json::from_str(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Every recorded device, sorted by name.
@@ -514,6 +518,12 @@ pub fn read_request(conn: &UnixStream) -> Result<String, String> {
     }
     conn.set_read_timeout(Some(READ_TIMEOUT))
         .map_err(|e| e.to_string())?;
+    read_request_from(conn)
+}
+
+/// The request line in what a peer sends: up to the first newline, at most
+/// [`MAX_REQUEST`] bytes, UTF-8, trimmed.
+pub fn read_request_from(conn: impl Read) -> Result<String, String> {
     let mut buf = Vec::new();
     let mut r = BufReader::new(conn).take(MAX_REQUEST as u64 + 1);
     r.read_until(b'\n', &mut buf)

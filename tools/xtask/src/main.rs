@@ -1,9 +1,11 @@
 //! Developer tasks for rdm: `cargo xtask vm`, `cargo xtask test`,
-//! `cargo xtask demo`, `cargo xtask ensure-deps`, `cargo xtask fetch-kernels`.
+//! `cargo xtask demo`, `cargo xtask fuzz`, `cargo xtask ensure-deps`,
+//! `cargo xtask fetch-kernels`.
 
 mod bench;
 mod deb;
 mod deps;
+mod fuzz;
 mod kernel;
 mod plot;
 mod sysroot;
@@ -110,6 +112,14 @@ enum Cmd {
         /// Only rebuild the report (md, svg, json) from the last runs.
         #[arg(long)]
         report_only: bool,
+    },
+    /// Fuzz smoke: each cargo-fuzz target (fuzz/) for SECS seconds over
+    /// its committed corpus; fails on a crash.
+    Fuzz {
+        #[arg(long, value_name = "SECS", default_value_t = 15)]
+        secs: u64,
+        /// Targets to run (table, control, state); all by default.
+        targets: Vec<String>,
     },
     /// Build the Debian package (target/debian/rdm_VERSION_ARCH.deb): the
     /// binary, the systemd unit, the udev rule, the man page, completions
@@ -226,6 +236,10 @@ fn real_main() -> Result<i32> {
             report_only,
             timeout: Duration::from_secs(timeout),
         }),
+        Cmd::Fuzz { secs, targets } => {
+            fuzz::run(&targets, Duration::from_secs(secs))?;
+            Ok(0)
+        }
         Cmd::Deb => {
             let deb = deb::build()?;
             println!("{}", deb.display());

@@ -33,6 +33,10 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
             c.args(["--", f]);
         }
         results.push(("host: cargo test --workspace".into(), status_ok(&mut c)));
+        if opts.filter.is_none() {
+            let fuzz = crate::fuzz::run(&[], Duration::from_secs(15));
+            results.push(("host: cargo xtask fuzz (3 × 15 s)".into(), fuzz));
+        }
     }
     if opts.guest {
         let built = build_test_binaries()?;
