@@ -24,21 +24,26 @@ const STATE: &str = r#"{"name":"fuzz","pid":1,"pid_start":1,"state":"live","dev_
 "read_only":false,"size_bytes":4096,"table":"0 8 zero\n","recovery":"reissue",
 "zero_copy":"auto","dax":"off","devices":[]}"#;
 
-/// The daemon's dispatch (`server::answer`) without a device: `status`
-/// answers the record and its table's status lines, `remove` is
-/// acknowledged (nothing to stop), anything else is an error.
+/// The daemon's dispatch (`verbs::Device::answer`) without a device: the
+/// real request parser, then `status` answers the record and its table's
+/// status lines, a reload parses its table, the other verbs are
+/// acknowledged (nothing to act on), anything unparsable is an error.
 fn answer(req: &str) -> serde_json::Value {
     *SEEN.lock().unwrap() = Some(req.to_string());
-    match req {
-        "status" => {
+    match control::Request::parse(req) {
+        Ok(control::Request::Status) => {
             let st = control::parse_state(STATE.as_bytes()).expect("the sample record reads");
             let table = rdm_targets::Table::parse(&st.table).expect("the sample table parses");
             let mut v = serde_json::to_value(&st).expect("plain data");
             v["dm_status"] = table.status_lines(&[]).into();
             v
         }
-        "remove" => serde_json::json!({ "ok": true }),
-        other => serde_json::json!({ "error": format!("unknown request {other:?}") }),
+        Ok(control::Request::Reload { table }) => match rdm_targets::Table::parse(&table) {
+            Ok(_) => serde_json::json!({ "ok": true }),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        },
+        Ok(_) => serde_json::json!({ "ok": true }),
+        Err(e) => serde_json::json!({ "error": e }),
     }
 }
 
@@ -86,10 +91,15 @@ fuzz_target!(|data: &[u8]| {
                 Some(req.as_str()),
                 "the handler got the framed line"
             );
-            match req.as_str() {
-                "status" => assert_eq!(v["name"], "fuzz"),
-                "remove" => assert_eq!(v["ok"], true),
-                _ => assert!(v["error"].is_string(), "an error for {req:?}: {v}"),
+            match control::Request::parse(&req) {
+                Ok(control::Request::Status) => assert_eq!(v["name"], "fuzz"),
+                Ok(control::Request::Reload { .. }) => {}
+                Ok(r) => {
+                    assert_eq!(v["ok"], true);
+                    // What parses prints back to a line that parses the same.
+                    assert_eq!(control::Request::parse(&r.line()), Ok(r));
+                }
+                Err(_) => assert!(v["error"].is_string(), "an error for {req:?}: {v}"),
             }
         }
         Err(why) => {
