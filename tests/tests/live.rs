@@ -59,6 +59,17 @@ fn reload_appends_a_segment_and_ext4_grows_online_under_fio() {
         sh("mount", &[&bdev, &mnt]);
         let fio = BackgroundVerify::start_rw(&format!("{mnt}/fio.dat"), "48M", "192M", "randrw");
         std::thread::sleep(Duration::from_secs(2));
+        // lockfs: a suspend freezes ext4 first, so data that was only in
+        // the page cache is on the backing file while suspended.
+        let marker = random_bytes(64 << 10, 99);
+        std::fs::write(format!("{mnt}/marker"), &marker).unwrap();
+        rdm_ok(&["suspend", "lgrow"]);
+        let backing = std::fs::read(&a).unwrap();
+        assert!(
+            backing.chunks(4096).any(|c| c == &marker[..4096]),
+            "{zc}: suspend froze the file system: its dirty data is on a.img"
+        );
+        rdm_ok(&["resume", "lgrow"]);
         if !has_update_size() {
             let out = rdm(&["reload", "lgrow", "--table", &t2]);
             assert!(!out.ok(), "a size change without UPDATE_SIZE: {out}");
@@ -172,7 +183,9 @@ fn fifty_suspend_resume_cycles_under_fio_lose_nothing() {
     if !require_ublk() {
         return;
     }
-    for zc in modes() {
+    // One mode: the hold is the same code in both (the swaps above run in
+    // every mode).
+    for zc in modes().into_iter().rev().take(1) {
         let s = Scratch::new("live-cycles");
         let a = s.file("a.img", 64 * MIB);
         let dev = Device::create_in_mode(

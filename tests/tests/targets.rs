@@ -157,17 +157,24 @@ fn flakey_and_delay_tables_accepted_or_refused_as_kernel_dm() {
     for (i, &(tpl, accepted, older_accepts)) in TABLES.iter().enumerate() {
         let name = format!("tgt-t{i}");
         let nodes = ublk_nodes();
-        let ours = Device::try_create(&name, &fill(tpl, &files), &[]);
-        let rdm_ok = ours.is_ok();
-        match ours {
-            Ok(dev) => dev.remove(),
-            Err(out) => {
-                assert!(
-                    out.stderr.trim().starts_with("rdm: ") && out.stderr.contains(&name),
-                    "{tpl}: a refusal names the device: {out}"
-                );
-                assert_no_trace(&name, &nodes);
+        let table = fill(tpl, &files);
+        // `create --dry-run` runs every check `create` does before a device
+        // exists; every fourth table is created for real as well.
+        let dry = rdm(&["create", &name, "--dry-run", "--table", &table]);
+        let rdm_ok = dry.ok();
+        if i % 4 == 0 {
+            let ours = Device::try_create(&name, &table, &[]);
+            assert_eq!(ours.is_ok(), rdm_ok, "{tpl}: create and --dry-run agree");
+            if let Ok(dev) = ours {
+                dev.remove();
             }
+        }
+        if !rdm_ok {
+            assert!(
+                dry.stderr.trim().starts_with("rdm: ") && dry.stderr.contains(&name),
+                "{tpl}: a refusal names the device: {dry}"
+            );
+            assert_no_trace(&name, &nodes);
         }
         assert_eq!(rdm_ok, accepted, "rdm on {tpl:?}");
         let kernel = Dm::try_new(&format!("k{name}"), &fill(tpl, &loop_devs));
@@ -245,7 +252,13 @@ fn flakey_down_interval_behaves_as_kernel_dm_flakey() {
         ("2 random_read_corrupt 1000000000", true),
     ];
     for (i, &(features, random)) in cases.iter().enumerate() {
+        // Zero copy differs from copy in how bytes are corrupted (in a
+        // kernel buffer): only those cases run in both modes.
+        let corrupting = features.contains("corrupt");
         for (round, zc) in modes().into_iter().enumerate() {
+            if round > 0 && !corrupting {
+                continue;
+            }
             let ours = s.path(&format!("r{i}-{round}.img"));
             let theirs = s.path(&format!("k{i}-{round}.img"));
             std::fs::write(&ours, &original).unwrap();
