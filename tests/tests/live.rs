@@ -52,7 +52,8 @@ fn reload_appends_a_segment_and_ext4_grows_online_under_fio() {
         );
         let dev = Device::create_in_mode("lgrow", &t1, zc, &[]);
         let bdev = dev.bdev_str().to_string();
-        sh("mkfs.ext4", &["-q", "-F", &bdev]);
+        // 4 KiB blocks: the lockfs check below looks for 4 KiB-aligned data.
+        sh("mkfs.ext4", &["-q", "-F", "-b", "4096", &bdev]);
         let mnt = s.path("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
         let mnt = mnt.to_str().unwrap().to_string();
