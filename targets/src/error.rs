@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// `line` is 1-based and refers to the text given to [`crate::Table::parse`];
 /// `text` is that line as written so a user sees what was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {kind}")]
+#[error("{}{kind}", line_prefix(*line))]
 pub struct TableError {
     pub line: usize,
     pub text: String,
@@ -20,6 +20,10 @@ pub enum TableErrorKind {
     Empty,
     #[error("expected `<start> <length> <type> <args...>`")]
     Syntax,
+    /// Bounded like dm's ioctl buffer: a table this long is a mistake or
+    /// an attack, not a device.
+    #[error("the table is {bytes} bytes long; at most {max} are accepted")]
+    TooLong { bytes: usize, max: usize },
     #[error("invalid {what} {value:?}: expected a decimal number of 512-byte sectors")]
     BadNumber { what: &'static str, value: String },
     #[error("unknown target type {name:?} (known: {known})")]
@@ -62,6 +66,14 @@ pub enum TableErrorKind {
         value: u64,
         block_size: u32,
     },
+}
+
+/// `line N: `, or nothing for what is about the whole table (line 0).
+fn line_prefix(line: usize) -> String {
+    match line {
+        0 => String::new(),
+        n => format!("line {n}: "),
+    }
 }
 
 impl TableError {

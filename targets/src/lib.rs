@@ -24,7 +24,7 @@ mod targets;
 mod validate;
 
 pub use error::{MapError, TableError, TableErrorKind};
-pub use table::{Segment, Table};
+pub use table::{Segment, Table, MAX_TABLE_BYTES};
 pub use target::{
     flush_piece, Corrupt, Ctr, CtrResult, DevIdx, Extent, Io, Op, Piece, PieceKind, StatusCtx,
     Target, TargetType,

@@ -14,6 +14,10 @@ use crate::error::{MapError, TableError, TableErrorKind as K};
 use crate::target::{Ctr, DevIdx, Extent, Io, Op, Piece, PieceKind, StatusCtx, Target};
 use crate::{targets, SECTOR_SHIFT, SECTOR_SIZE};
 
+/// The longest table text [`Table::parse`] reads (1 MiB: tens of
+/// thousands of segments; the control socket's limit too).
+pub const MAX_TABLE_BYTES: usize = 1 << 20;
+
 /// A validated table. Cloning shares the targets (and their run-time state).
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -42,6 +46,13 @@ impl Table {
     /// each target's own constructor. Backing files are checked separately
     /// by [`Table::check_devices`].
     pub fn parse(text: &str) -> Result<Table, TableError> {
+        if text.len() > MAX_TABLE_BYTES {
+            let kind = K::TooLong {
+                bytes: text.len(),
+                max: MAX_TABLE_BYTES,
+            };
+            return Err(TableError::new(0, "", kind));
+        }
         let mut table = Table {
             segments: Vec::new(),
             devices: Vec::new(),

@@ -353,3 +353,16 @@ fn rewrite_paths_keeps_the_table() {
     let merged = t.rewrite_paths(|_| "/same".into());
     assert_eq!(merged.devices().len(), 1);
 }
+
+#[test]
+fn a_table_longer_than_the_limit_is_refused_whole() {
+    let line = "0 8 zero\n";
+    let long = format!(
+        "{line}{}",
+        "# padding\n".repeat(rdm_targets::MAX_TABLE_BYTES / 10)
+    );
+    let e = Table::parse(&long).unwrap_err();
+    assert!(matches!(e.kind, K::TooLong { .. }), "{e}");
+    assert!(e.to_string().starts_with("the table is "), "{e}");
+    assert!(Table::parse(line).is_ok());
+}
