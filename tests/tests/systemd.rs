@@ -39,13 +39,9 @@ fn install(from: impl AsRef<Path>, to: &str, mode: &str) {
     );
 }
 
-#[test]
-#[ignore = "needs systemd as PID 1: cargo xtask test runs it in a systemd guest"]
-fn unit_serves_restarts_recovers_and_stops_under_systemd() {
-    let init = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
-    assert_eq!(init.trim(), "systemd", "PID 1 must be systemd");
-    // Installed as the README says: the package when there is one (what
-    // `cargo xtask test` passes), else from source.
+/// Installed as the README says: the package when there is one (what
+/// `cargo xtask test` passes), else from source.
+fn install_rdm() {
     match std::env::var("RDM_DEB").ok().filter(|d| !d.is_empty()) {
         Some(deb) => {
             sh("dpkg", &["-i", &deb]);
@@ -53,6 +49,9 @@ fn unit_serves_restarts_recovers_and_stops_under_systemd() {
             assert!(unit.contains("ExecStart=/usr/bin/rdm create %i"), "{unit}");
             let rule = std::fs::read_to_string("/lib/udev/rules.d/99-rdm.rules").unwrap();
             assert!(rule.contains("PROGRAM=\"/usr/bin/rdm udev-name"), "{rule}");
+            let rule =
+                std::fs::read_to_string("/lib/udev/rules.d/98-rdm-unprivileged.rules").unwrap();
+            assert!(rule.contains("PROGRAM=\"/usr/bin/rdm udev-owner"), "{rule}");
             for f in [
                 "/usr/share/man/man8/rdm.8.gz",
                 "/usr/share/bash-completion/completions/rdm",
@@ -72,15 +71,25 @@ fn unit_serves_restarts_recovers_and_stops_under_systemd() {
                 "/etc/systemd/system/rdm@.service",
                 "0644",
             );
-            install(
-                "../tools/udev/99-rdm.rules",
-                "/etc/udev/rules.d/99-rdm.rules",
-                "0644",
-            );
+            for rule in ["99-rdm.rules", "98-rdm-unprivileged.rules"] {
+                install(
+                    format!("../tools/udev/{rule}"),
+                    &format!("/etc/udev/rules.d/{rule}"),
+                    "0644",
+                );
+            }
             systemctl(&["daemon-reload"]);
             sh("udevadm", &["control", "--reload"]);
         }
     }
+}
+
+#[test]
+#[ignore = "needs systemd as PID 1: cargo xtask test runs it in a systemd guest"]
+fn unit_serves_restarts_recovers_and_stops_under_systemd() {
+    let init = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    assert_eq!(init.trim(), "systemd", "PID 1 must be systemd");
+    install_rdm();
 
     let dir = Path::new("/var/lib/rdm-test");
     std::fs::create_dir_all(dir).unwrap();
@@ -153,4 +162,192 @@ fn unit_serves_restarts_recovers_and_stops_under_systemd() {
     wait_gone("/dev/rdm/sd", Duration::from_secs(30));
     assert_eq!(rdm_json(&["ls"]), serde_json::json!([]));
     assert_ne!(is_active("rdm@sd").as_str(), "active");
+}
+
+/// `cmd` as `user`, with that user's runtime directory.
+fn as_user(user: &str, cmd: &[&str]) -> Out {
+    let run = format!("/tmp/run-{user}");
+    output(
+        Command::new("runuser")
+            .args([
+                "-u",
+                user,
+                "--",
+                "env",
+                &format!("XDG_RUNTIME_DIR={run}"),
+                "HOME=/tmp",
+            ])
+            .args(cmd)
+            .env_remove("RDM_RUN_DIR"),
+    )
+}
+
+fn add_user(user: &str) {
+    if output(Command::new("id").arg(user)).ok() {
+        return;
+    }
+    sh("useradd", &["--no-create-home", user]);
+    let run = format!("/tmp/run-{user}");
+    std::fs::create_dir_all(&run).unwrap();
+    sh("chown", &[user, &run]);
+    sh("chmod", &["0700", &run]);
+}
+
+fn owner_of(path: &str) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.uid()).unwrap_or(u32::MAX)
+}
+
+#[test]
+#[ignore = "needs systemd and udev: cargo xtask test runs it in a systemd guest"]
+fn users_create_use_and_remove_only_their_own_devices() {
+    let init = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    assert_eq!(init.trim(), "systemd", "PID 1 must be systemd");
+    install_rdm();
+    // The rule opens the control node to users (MODE 0666).
+    sh(
+        "udevadm",
+        &["trigger", "--action=add", "/sys/class/misc/ublk-control"],
+    );
+    sh("udevadm", &["settle"]);
+    let features: serde_json::Value =
+        serde_json::from_str(&sh("rdm", &["features", "--json"])).unwrap();
+    assert_eq!(features["unprivileged"], true, "{features}");
+    add_user("alice");
+    add_user("bob");
+    let alice = sh("id", &["-u", "alice"]).trim().parse::<u32>().unwrap();
+
+    // Alice's file, in a directory only she can enter.
+    let home = "/var/lib/alice";
+    std::fs::create_dir_all(home).unwrap();
+    sh("chown", &["alice", home]);
+    sh("chmod", &["0700", home]);
+    let file = format!("{home}/a.img");
+    assert!(as_user("alice", &["truncate", "-s", "8M", &file]).ok());
+    let table = format!("0 16384 linear {file} 0");
+
+    let out = as_user(
+        "alice",
+        &["rdm", "create", "mine", "--table", &table, "--json"],
+    );
+    assert!(out.ok(), "alice's create: {out}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let bdev = v["bdev"].as_str().unwrap().to_string();
+    assert_eq!(v["mode"], "copy", "{v}");
+    // udev gives her the node.
+    let t = Instant::now();
+    while owner_of(&bdev) != alice {
+        assert!(t.elapsed() < Duration::from_secs(20), "{bdev} not alice's");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Her I/O, through the device, lands in her file.
+    let data = "rdm-unprivileged-".repeat(241);
+    let data = &data[..4096];
+    std::fs::write("/tmp/pattern", data).unwrap();
+    let dd = as_user(
+        "alice",
+        &[
+            "dd",
+            "if=/tmp/pattern",
+            &format!("of={bdev}"),
+            "bs=4096",
+            "seek=2",
+            "oflag=direct",
+            "status=none",
+        ],
+    );
+    assert!(dd.ok(), "alice writes: {dd}");
+    let got = std::fs::read(&file).unwrap();
+    assert_eq!(&got[8192..12288], data.as_bytes(), "the write is in a.img");
+    // She lists only her devices; root's list does not have hers.
+    let root_dir = Path::new("/var/lib/rdm-test-root");
+    std::fs::create_dir_all(root_dir).unwrap();
+    let secret = root_dir.join("secret.img");
+    std::fs::File::create(&secret)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    sh("chmod", &["0700", root_dir.to_str().unwrap()]);
+    let secret = secret.to_str().unwrap();
+    let rootdev = rdm_ok(&[
+        "create",
+        "roots",
+        "--table",
+        &format!("0 16384 linear {secret} 0"),
+    ]);
+    let ls = as_user("alice", &["rdm", "ls", "--json"]);
+    let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&ls.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["mine"], "{ls}");
+    assert!(
+        ls_entry("mine").is_none(),
+        "root's list shows alice's device"
+    );
+    // Root's device: not hers to see, control or remove; nor its node.
+    for cmd in [
+        &["rdm", "status", "roots"][..],
+        &["rdm", "remove", "roots"],
+        &["rdm", "remove", "--force", "roots"],
+    ] {
+        let out = as_user("alice", cmd);
+        assert!(!out.ok(), "alice: {cmd:?}: {out}");
+    }
+    assert!(ls_entry("roots").is_some(), "root's device is still there");
+    let rootbdev = rootdev.trim();
+    let peek = as_user(
+        "alice",
+        &[
+            "dd",
+            &format!("if={rootbdev}"),
+            "of=/dev/null",
+            "count=1",
+            "status=none",
+        ],
+    );
+    assert!(!peek.ok(), "alice read root's device: {peek}");
+    // Nor can she make rdm open root's file.
+    let out = as_user(
+        "alice",
+        &[
+            "rdm",
+            "create",
+            "steal",
+            "--table",
+            &format!("0 16384 linear {secret} 0"),
+        ],
+    );
+    assert!(!out.ok() && out.stderr.contains("secret.img"), "{out}");
+    assert!(
+        as_user("alice", &["rdm", "ls"]).stdout.lines().count() == 2,
+        "steal left a trace"
+    );
+    // Bob sees nothing of hers and cannot open her device.
+    let bob_ls = as_user("bob", &["rdm", "ls", "--json"]);
+    assert_eq!(bob_ls.stdout.trim(), "[]", "{bob_ls}");
+    let peek = as_user(
+        "bob",
+        &[
+            "dd",
+            &format!("if={bdev}"),
+            "of=/dev/null",
+            "count=1",
+            "status=none",
+        ],
+    );
+    assert!(!peek.ok(), "bob read alice's device: {peek}");
+    assert!(!as_user("bob", &["rdm", "remove", "mine"]).ok());
+    // She removes hers: nothing left.
+    let out = as_user("alice", &["rdm", "remove", "mine"]);
+    assert!(out.ok(), "alice's remove: {out}");
+    assert!(!Path::new(&bdev).exists(), "{bdev} left behind");
+    assert_eq!(
+        as_user("alice", &["rdm", "ls", "--json"]).stdout.trim(),
+        "[]"
+    );
+    rdm_ok(&["remove", "roots"]);
 }

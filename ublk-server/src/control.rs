@@ -19,11 +19,21 @@ use crate::dax_path::DaxPolicy;
 use crate::features::{DataMode, ZeroCopy};
 use crate::recovery::{self, Recovery};
 
-/// The run directory: `$RDM_RUN_DIR` or `/run/rdm`.
+/// The run directory: `$RDM_RUN_DIR` if set; for root `/run/rdm`; for
+/// any other user `$XDG_RUNTIME_DIR/rdm` (or `/run/user/UID/rdm`), their
+/// own: a user sees and controls only their own devices.
 pub fn run_dir() -> PathBuf {
-    std::env::var_os("RDM_RUN_DIR")
+    if let Some(d) = std::env::var_os("RDM_RUN_DIR") {
+        return d.into();
+    }
+    let uid = rustix::process::geteuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/rdm");
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/rdm"))
+        .unwrap_or_else(|| PathBuf::from(format!("/run/user/{}", uid.as_raw())))
+        .join("rdm")
 }
 
 pub fn state_path(name: &str) -> PathBuf {

@@ -40,7 +40,8 @@ use crate::request::Request;
 use crate::stats::Stats;
 use crate::verbs::Device;
 
-/// Largest request, and the size of each copy-mode buffer.
+/// Largest request, and the size of each copy-mode buffer (root; a user's
+/// buffers must fit their RLIMIT_MEMLOCK, see [`io_buf_bytes`]).
 const IO_BUF_BYTES: u32 = 512 << 10;
 
 #[derive(Debug, Clone)]
@@ -61,7 +62,7 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("{name}: this kernel has no ublk (/dev/ublk-control is missing or GET_FEATURES failed); load the ublk_drv module")]
+    #[error("{name}: {}", no_ublk_reason())]
     NoUblk { name: String },
     #[error("{name}: {msg}")]
     Unsupported { name: String, msg: String },
@@ -196,6 +197,7 @@ pub fn serve(
     on_live: impl FnOnce(&Live) + Send + Sync + 'static,
 ) -> Result<(), ServerError> {
     let sigset = block_term_signals();
+    let cfg = as_user(cfg)?;
     let (guard, mut state, waiting) = claim_or_adopt(&cfg)?;
     let guard = Arc::new(guard);
     let probed = probe(&cfg, waiting.as_ref())?;
@@ -252,6 +254,66 @@ pub fn serve(
     tracing::info!("device removed");
     drop(guard);
     Ok(())
+}
+
+/// A device a user (not root) creates is an unprivileged ublk device: the
+/// kernel refuses zero copy and recovery for it, so it is served in copy
+/// mode and dies with its server.
+fn as_user(mut cfg: Config) -> Result<Config, ServerError> {
+    if rustix::process::geteuid().is_root() {
+        return Ok(cfg);
+    }
+    if cfg.zero_copy == ZeroCopy::On {
+        return Err(ServerError::Unsupported {
+            name: cfg.name.clone(),
+            msg: "the kernel refuses zero copy for a device created by a user (UBLK_F_UNPRIVILEGED_DEV); use --zero-copy auto or off".into(),
+        });
+    }
+    cfg.zero_copy = ZeroCopy::Off;
+    if cfg.recovery != Recovery::Off {
+        tracing::info!("recovery off: the kernel has none for a device created by a user");
+        cfg.recovery = Recovery::Off;
+    }
+    Ok(cfg)
+}
+
+/// Each tag's copy buffer. A user's registered buffers count against
+/// their RLIMIT_MEMLOCK (io_uring accounts them for callers without
+/// CAP_IPC_LOCK): then the buffers shrink to fit half of it, and larger
+/// requests are split by the kernel.
+fn io_buf_bytes(cfg: &Config) -> Result<u32, ServerError> {
+    if rustix::process::geteuid().is_root() {
+        return Ok(IO_BUF_BYTES);
+    }
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock)
+        .current
+        .unwrap_or(u64::MAX);
+    let tags = u64::from(cfg.queues) * u64::from(cfg.depth);
+    let per_tag = (limit / 2 / tags.max(1)).min(u64::from(IO_BUF_BYTES));
+    if per_tag < 4096 {
+        return Err(ServerError::Unsupported {
+            name: cfg.name.clone(),
+            msg: format!(
+                "RLIMIT_MEMLOCK ({limit} bytes) is too small for {tags} copy buffers of at least 4 KiB; lower --depth or --queues, or raise the limit (ulimit -l)"
+            ),
+        });
+    }
+    Ok(1 << (63 - per_tag.leading_zeros()))
+}
+
+/// Why `/dev/ublk-control` cannot be used, as one sentence.
+pub fn no_ublk_reason() -> String {
+    let path = "/dev/ublk-control";
+    match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
+            "{path} is not open to uid {}: a user needs the udev rule tools/udev/98-rdm-unprivileged.rules (or run as root)",
+            rustix::process::geteuid().as_raw()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "this kernel has no ublk (/dev/ublk-control is missing); load the ublk_drv module".into()
+        }
+        _ => "GET_FEATURES on /dev/ublk-control failed; is ublk_drv loaded?".into(),
+    }
 }
 
 fn ublk_err(name: &str, op: &'static str, e: UblkError) -> ServerError {
@@ -548,6 +610,18 @@ fn add_device(
     if mode == DataMode::ZeroCopy {
         ctrl_flags |= features::F_AUTO_BUF_REG | features::F_SUPPORT_ZERO_COPY;
     }
+    if !rustix::process::geteuid().is_root() {
+        // The kernel makes the creator the device's owner; udev gives the
+        // nodes to the owner (tools/udev/98-rdm-unprivileged.rules).
+        if features & u64::from(sys::UBLK_F_UNPRIVILEGED_DEV) == 0 {
+            return Err(ServerError::Unsupported {
+                name: cfg.name.clone(),
+                msg: "this kernel does not let users create ublk devices (UBLK_F_UNPRIVILEGED_DEV, Linux 6.3+); run as root".into(),
+            });
+        }
+        ctrl_flags |= u64::from(sys::UBLK_F_UNPRIVILEGED_DEV);
+    }
+    let io_buf = io_buf_bytes(cfg)?;
     let mut raw = None;
     let ctrl = if ctrl_flags & u64::from(sys::UBLK_F_USER_RECOVERY_FAIL_IO) != 0 {
         // libublk 0.4.8 refuses this flag: ADD_DEV by hand, then let
@@ -555,7 +629,7 @@ fn add_device(
         let info = sys::ublksrv_ctrl_dev_info {
             nr_hw_queues: cfg.queues,
             queue_depth: cfg.depth,
-            max_io_buf_bytes: IO_BUF_BYTES,
+            max_io_buf_bytes: io_buf,
             flags: ctrl_flags | u64::from(sys::UBLK_F_CMD_IOCTL_ENCODE),
             ..Default::default()
         };
@@ -566,7 +640,7 @@ fn add_device(
             .id(id as i32)
             .nr_queues(cfg.queues)
             .depth(cfg.depth)
-            .io_buf_bytes(IO_BUF_BYTES)
+            .io_buf_bytes(io_buf)
             .build()
             .map_err(|e| ublk_err(&cfg.name, "GET_DEV_INFO", e))?;
         raw = Some(guard);
@@ -577,7 +651,7 @@ fn add_device(
                 .name("rdm")
                 .nr_queues(cfg.queues)
                 .depth(cfg.depth)
-                .io_buf_bytes(IO_BUF_BYTES)
+                .io_buf_bytes(io_buf)
                 .ctrl_flags(ctrl_flags)
                 .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
                 .build()

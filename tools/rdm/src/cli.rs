@@ -116,6 +116,10 @@ pub enum Command {
     /// For udev rules: print the rdm name of a ublk block device (ublkbN).
     #[command(hide = true)]
     UdevName { kernel_name: String },
+    /// For udev rules: print the owner (`UID GID`) of a ublk device node
+    /// (ublkbN or ublkcN), as the kernel recorded it at ADD_DEV.
+    #[command(hide = true)]
+    UdevOwner { kernel_name: String },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), generated from this command line.

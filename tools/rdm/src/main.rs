@@ -38,6 +38,7 @@ fn main() {
         Command::Status { name, json, dm } => manage::status(&name, json, dm),
         Command::Features { json } => manage::features(json),
         Command::UdevName { kernel_name } => manage::udev_name(&kernel_name),
+        Command::UdevOwner { kernel_name } => manage::udev_owner(&kernel_name),
         Command::Completions { shell } => {
             let mut cmd = <cli::Cli as clap::CommandFactory>::command();
             let mut buf = Vec::new();

@@ -202,6 +202,27 @@ pub fn udev_name(kernel_name: &str) -> Result<(), CliError> {
 
 /// The live table, or with `inactive` the one `rdm reload` loaded
 /// (nothing if none is, as `dmsetup table --inactive`).
+pub fn udev_owner(kernel_name: &str) -> Result<(), CliError> {
+    let id: i32 = kernel_name
+        .strip_prefix("ublkb")
+        .or_else(|| kernel_name.strip_prefix("ublkc"))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| CliError::usage(format!("{kernel_name} is not a ublk device node")))?;
+    let ctrl = libublk::ctrl::UblkCtrlBuilder::default()
+        .id(id)
+        .build()
+        .map_err(|e| CliError::failed(format!("{kernel_name}: GET_DEV_INFO failed: {e:?}")))?;
+    let info = ctrl.dev_info();
+    // Only a user's device changes hands; root's keep udev's defaults.
+    if info.flags & u64::from(libublk::sys::UBLK_F_UNPRIVILEGED_DEV) == 0 {
+        return Err(CliError::failed(format!(
+            "{kernel_name} was created by root"
+        )));
+    }
+    println!("{} {}", info.owner_uid, info.owner_gid);
+    Ok(())
+}
+
 pub fn table(name: &str, inactive: bool) -> Result<(), CliError> {
     let st = control::read_state(name).map_err(failed)?;
     match inactive {
@@ -323,24 +344,31 @@ pub fn status(name: &str, json: bool, dm: bool) -> Result<(), CliError> {
 }
 
 pub fn features(json: bool) -> Result<(), CliError> {
-    let bits = libublk::ctrl::UblkCtrl::get_features().ok_or_else(|| {
-        CliError::usage(
-            "this kernel has no ublk (/dev/ublk-control is missing or GET_FEATURES failed); \
-             load the ublk_drv module",
-        )
-    })?;
+    let bits = libublk::ctrl::UblkCtrl::get_features()
+        .ok_or_else(|| CliError::usage(rdm_ublk_server::server::no_ublk_reason()))?;
     let names = features::decode(bits);
     let mode = features::choose_mode(features::ZeroCopy::Auto, bits).expect("auto always chooses");
+    // Users may create devices: the kernel allows it, and this user could
+    // open /dev/ublk-control (or GET_FEATURES above would have failed).
+    let unprivileged = bits & u64::from(libublk::sys::UBLK_F_UNPRIVILEGED_DEV) != 0;
     if json {
         let v = serde_json::json!({
             "features": format!("{bits:#x}"),
             "names": names,
             "mode": mode.name(),
+            "unprivileged": unprivileged,
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
     } else {
         println!("ublk features {bits:#x}: {}", names.join(" "));
         println!("rdm data path: {}", mode.name());
+        println!(
+            "unprivileged devices: {}",
+            match unprivileged {
+                true => "allowed (UBLK_F_UNPRIVILEGED_DEV; users also need tools/udev/98-rdm-unprivileged.rules)",
+                false => "not allowed by this kernel",
+            }
+        );
     }
     Ok(())
 }

@@ -81,6 +81,11 @@ pub fn build() -> Result<PathBuf> {
         local("tools/udev/99-rdm.rules")?.as_bytes(),
         0o644,
     )?;
+    put(
+        "lib/udev/rules.d/98-rdm-unprivileged.rules",
+        local("tools/udev/98-rdm-unprivileged.rules")?.as_bytes(),
+        0o644,
+    )?;
     put("usr/lib/modules-load.d/rdm.conf", b"ublk_drv\n", 0o644)?;
     let man = capture(Command::new(&rdm).arg("man"))?;
     put("usr/share/man/man8/rdm.8.gz", &gzip(man.as_bytes())?, 0o644)?;

@@ -56,13 +56,16 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
             exes.push((name.clone(), copy(exe)?));
         }
         let tests_dir = workspace_root().join("tests");
-        // The systemd test installs the package, as a user would.
-        const SYSTEMD_TEST: &str = "unit_serves_restarts_recovers_and_stops_under_systemd";
+        // The systemd tests install the package, as a user would.
+        const SYSTEMD_TESTS: [&str; 2] = [
+            "unit_serves_restarts_recovers_and_stops_under_systemd",
+            "users_create_use_and_remove_only_their_own_devices",
+        ];
         let systemd_wanted = exes.iter().any(|(n, _)| n == "systemd")
             && opts
                 .filter
                 .as_ref()
-                .is_none_or(|f| SYSTEMD_TEST.contains(f.as_str()));
+                .is_none_or(|f| SYSTEMD_TESTS.iter().any(|t| t.contains(f.as_str())));
         let deb = if systemd_wanted {
             Some(crate::deb::build().map_err(|e| format!("{e:#}")))
         } else {
@@ -137,7 +140,7 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                 };
                 match ready {
                     Ok(root) => {
-                        let args = ["--ignored", "--exact", SYSTEMD_TEST];
+                        let args = ["--ignored", "--test-threads=1"];
                         results.push(guest(label, exe, &args, Vec::new(), Some(root)));
                     }
                     Err(e) => results.push((label, Err(e))),
