@@ -140,7 +140,7 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                 };
                 match ready {
                     Ok(root) => {
-                        let args = ["--ignored", "--test-threads=1"];
+                        let args = ["--ignored"];
                         results.push(guest(label, exe, &args, Vec::new(), Some(root)));
                     }
                     Err(e) => results.push((label, Err(e))),
