@@ -49,7 +49,7 @@ pub enum TableErrorKind {
         start: u64,
         end: u64,
     },
-    #[error("{path}: the file is read-only but the table is writable (use --read-only)")]
+    #[error("{path}: the device is read-only but the table is writable (use --read-only)")]
     ReadOnlyDevice { path: PathBuf },
     #[error(
         "{path}: sectors {start}..{end} are mapped writable twice (also on line {other_line})"

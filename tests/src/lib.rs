@@ -735,3 +735,120 @@ impl BackgroundVerify {
         assert!(!text.contains("verify: bad"), "fio {what}: {text}");
     }
 }
+
+/// An NBD server the test starts on loopback: qemu-nbd (qemu-utils) or
+/// nbdkit's file plugin over a file, on a TCP port or a Unix socket.
+/// Killed when dropped; [`NbdServer::kill`] and [`NbdServer::start`] stop
+/// and start it again at the same address.
+pub struct NbdServer {
+    child: Option<std::process::Child>,
+    kind: NbdKind,
+    file: String,
+    /// The URI a table names the export with.
+    pub uri: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum NbdKind {
+    QemuTcp { port: u16 },
+    QemuUnix { socket: PathBuf },
+    NbdkitUnix { socket: PathBuf },
+}
+
+impl NbdServer {
+    pub fn new(kind: NbdKind, file: &str) -> NbdServer {
+        let uri = match &kind {
+            NbdKind::QemuTcp { port } => format!("nbd://127.0.0.1:{port}/e0"),
+            NbdKind::QemuUnix { socket } => format!("nbd+unix:///e0?socket={}", socket.display()),
+            NbdKind::NbdkitUnix { socket } => format!("nbd+unix:///?socket={}", socket.display()),
+        };
+        let mut s = NbdServer {
+            child: None,
+            kind,
+            file: file.to_string(),
+            uri,
+        };
+        s.start();
+        s
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let qemu = |c: &mut Command| {
+            // Persistent, 8 clients (multi-conn), writes through the host's
+            // page cache, discards punch holes.
+            c.args([
+                "-f",
+                "raw",
+                "-t",
+                "-e",
+                "8",
+                "--cache=writeback",
+                "--discard=unmap",
+                "-x",
+                "e0",
+            ]);
+        };
+        let mut c;
+        match &self.kind {
+            NbdKind::QemuTcp { port } => {
+                c = Command::new("qemu-nbd");
+                qemu(&mut c);
+                c.args(["-b", "127.0.0.1", "-p", &port.to_string()]);
+            }
+            NbdKind::QemuUnix { socket } => {
+                let _ = std::fs::remove_file(socket);
+                c = Command::new("qemu-nbd");
+                qemu(&mut c);
+                c.arg(format!("--socket={}", socket.display()));
+            }
+            NbdKind::NbdkitUnix { socket } => {
+                let _ = std::fs::remove_file(socket);
+                c = Command::new("nbdkit");
+                c.args(["-f", "-U"]).arg(socket).arg("file");
+            }
+        }
+        c.arg(&self.file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        self.child = Some(
+            c.spawn()
+                .unwrap_or_else(|e| panic!("start {:?}: {e}", self.kind)),
+        );
+        let t0 = std::time::Instant::now();
+        loop {
+            let up = match &self.kind {
+                NbdKind::QemuTcp { port } => {
+                    std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok()
+                }
+                NbdKind::QemuUnix { socket } | NbdKind::NbdkitUnix { socket } => {
+                    std::os::unix::net::UnixStream::connect(socket).is_ok()
+                }
+            };
+            if up {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{:?} never listened",
+                self.kind
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: the server is gone at once, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -5,8 +5,16 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
 use rdm_targets::{DeviceInfo, Table, TableError};
 use serde::Serialize;
+
+use crate::nbd;
+use crate::nbd::proto::ExportInfo;
+use crate::nbd::socket::Addr;
+use crate::nbd::uri::Uri;
 
 /// A backing device that cannot be used, naming its path and the cause.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +23,8 @@ pub enum BackingError {
     Io { path: PathBuf, cause: io::Error },
     #[error("{path}: not a regular file, block device or device-dax character device")]
     WrongType { path: PathBuf },
+    #[error("{path}: {cause}")]
+    Nbd { path: PathBuf, cause: String },
     #[error(transparent)]
     Table(#[from] TableError),
 }
@@ -27,6 +37,8 @@ pub enum BackingKind {
     BlockDevice,
     /// `/dev/daxX.Y`: only mmap works on it, so only the DAX path serves it.
     DaxDevice,
+    /// An NBD export (`nbd://…`, `nbd+unix://…`).
+    NbdExport,
 }
 
 /// Facts about one backing path, gathered without changing it.
@@ -45,6 +57,9 @@ pub struct BackingInfo {
 /// when opening it for writing is refused (read-only mount, immutable file,
 /// `blockdev --setro`).
 pub fn inspect(path: &Path) -> Result<BackingInfo, BackingError> {
+    if nbd::uri::is_nbd(path) {
+        return inspect_export(path);
+    }
     let io_err = |cause| BackingError::Io {
         path: path.to_path_buf(),
         cause,
@@ -72,6 +87,7 @@ pub fn inspect(path: &Path) -> Result<BackingInfo, BackingError> {
         BackingKind::File => meta.len(),
         BackingKind::BlockDevice => block_device_size(&file).map_err(io_err)?,
         BackingKind::DaxDevice => dax_device_size(path).unwrap_or(0),
+        BackingKind::NbdExport => unreachable!("exports are inspected by inspect_export"),
     };
     Ok(BackingInfo {
         path: path.to_path_buf(),
@@ -82,6 +98,49 @@ pub fn inspect(path: &Path) -> Result<BackingInfo, BackingError> {
             identity,
         },
     })
+}
+
+/// How long checking an export may take (connect and handshake).
+pub const NBD_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An NBD export's size and whether it is read-only, from a handshake
+/// (the connection is closed again, politely).
+fn inspect_export(path: &Path) -> Result<BackingInfo, BackingError> {
+    let (uri, _, info, fd) = connect_export(path, NBD_CHECK_TIMEOUT)?;
+    nbd::socket::disconnect(&fd);
+    Ok(BackingInfo {
+        path: path.to_path_buf(),
+        kind: BackingKind::NbdExport,
+        info: DeviceInfo {
+            size_bytes: info.size,
+            read_only: info.read_only(),
+            identity: uri.identity(),
+        },
+    })
+}
+
+/// Parses, resolves, connects to and negotiates with the export a table
+/// names; every failure names the export and says why.
+pub fn connect_export(
+    path: &Path,
+    timeout: Duration,
+) -> Result<(Uri, Addr, ExportInfo, OwnedFd), BackingError> {
+    let err = |cause: String| BackingError::Nbd {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let uri = Uri::parse(&path.to_string_lossy()).map_err(err)?;
+    let addr = Addr::resolve(&uri).map_err(|e| err(format!("cannot resolve the server: {e}")))?;
+    let (fd, info) = nbd::socket::connect_blocking(&uri, &addr, timeout).map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::ECONNREFUSED | libc::ENOENT) => {
+                " (is the server running, and does it serve more than one connection: qemu-nbd -t, nbdkit?)"
+            }
+            _ => "",
+        };
+        err(format!("{e}{hint}"))
+    })?;
+    Ok((uri, addr, info, fd))
 }
 
 /// The size of a device-dax character device, or None if `path` is not one.

@@ -141,6 +141,9 @@ pub struct DeviceState {
     /// The table `rdm reload` loaded, which `rdm resume` swaps in.
     #[serde(default)]
     pub inactive_table: Option<String>,
+    /// `--nbd-timeout` in seconds, as given.
+    #[serde(default)]
+    pub nbd_timeout: Option<u64>,
 }
 
 /// One backing device's identity, recorded for recovery.
@@ -610,6 +613,7 @@ mod tests {
             devices: Vec::new(),
             suspended: false,
             inactive_table: None,
+            nbd_timeout: None,
         };
         let g = StateGuard::claim(&st).unwrap();
         assert!(matches!(

@@ -124,6 +124,17 @@ pub fn decide(table: &Table, policy: DaxPolicy) -> Result<DaxDecision, DaxDecisi
     }
     let mut devices = Vec::with_capacity(table.devices().len());
     for p in table.devices() {
+        if crate::nbd::uri::is_nbd(p) {
+            devices.push(DeviceDax {
+                path: p.clone(),
+                supported: Some(false),
+                kind: None,
+                reason: Some("an NBD export, not persistent memory".into()),
+                persistence_domain: None,
+                info: None,
+            });
+            continue;
+        }
         devices.push(match rdm_dax::probe(p).map_err(DaxDecisionError::Probe)? {
             Dax::Supported(info) => DeviceDax {
                 path: p.clone(),
@@ -180,9 +191,11 @@ pub fn decide(table: &Table, policy: DaxPolicy) -> Result<DaxDecision, DaxDecisi
             1 => " (and 1 more reason)".into(),
             n => format!(" (and {n} more reasons)"),
         };
+        // Nobody expects DAX over the network: no note for such tables.
+        let remote = devices.iter().any(|d| crate::nbd::uri::is_nbd(&d.path));
         (
             Some(problems.join("; ")),
-            Some(format!("dax: {what}{more}; serving through io_uring")),
+            (!remote).then(|| format!("dax: {what}{more}; serving through io_uring")),
         )
     };
     Ok(DaxDecision {

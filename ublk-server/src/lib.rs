@@ -18,6 +18,7 @@ pub mod features;
 mod gate;
 pub mod handler;
 pub mod lockfs;
+pub mod nbd;
 mod queue;
 pub mod recovery;
 pub mod request;

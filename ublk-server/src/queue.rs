@@ -33,11 +33,14 @@ pub(crate) fn run(qid: u16, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode) {
     let depth = u32::from(dev.dev_info.queue_depth);
     let _ = libublk::io::ublk_init_task_ring(|cell| {
         if cell.get().is_none() {
+            // Room for every tag's ublk command plus an operation and its
+            // linked timeout (NBD), so that a pair is never split by a
+            // full submission queue.
             let ring = IoUring::builder()
-                .setup_cqsize(depth * 4)
+                .setup_cqsize(depth * 8)
                 .setup_coop_taskrun()
                 .setup_single_issuer()
-                .build(depth * 2)
+                .build(depth * 4)
                 .map_err(UblkError::IOError)?;
             cell.set(RefCell::new(ring))
                 .map_err(|_| UblkError::OtherError(-libc::EEXIST))?;

@@ -17,12 +17,20 @@ use io_uring::{squeue, IoUring};
 pub trait Ring {
     /// Queues one SQE; the future resolves to its CQE's `res`.
     fn submit(&self, sqe: squeue::Entry) -> impl Future<Output = i32>;
+
+    /// Which queue this ring serves (per-queue state, such as an NBD
+    /// export's connection, is indexed by it).
+    fn qid(&self) -> usize;
 }
 
 impl Ring for libublk::io::UblkQueue<'_> {
     fn submit(&self, sqe: squeue::Entry) -> impl Future<Output = i32> {
         // libublk tags it as target I/O and owns user_data.
         self.ublk_submit_sqe(sqe)
+    }
+
+    fn qid(&self) -> usize {
+        usize::from(self.get_qid())
     }
 }
 
@@ -150,5 +158,9 @@ impl Ring for Rc<HostRing> {
             Some(res) => Poll::Ready(res),
             None => Poll::Pending,
         })
+    }
+
+    fn qid(&self) -> usize {
+        0
     }
 }

@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use io_uring::{squeue, IoUring};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
@@ -24,6 +25,7 @@ use rdm_targets::Table;
 use serde::Serialize;
 
 use crate::backend::dax::DaxBackend;
+use crate::backend::nbd::NbdBackend;
 use crate::backend::uring::{Backing, UringBackend};
 use crate::backend::Backend;
 use crate::backing::{self, BackingError};
@@ -34,6 +36,7 @@ use crate::dax_path::{self, DaxDecision, DaxDecisionError, DaxPolicy};
 use crate::features::{self, DataMode, ZeroCopy};
 use crate::gate::{Gate, BYTES_SLOT, FIRST_BACKING_SLOT, FIXED_SLOTS, ZERO_SLOT};
 use crate::handler::Handler;
+use crate::nbd::{self, conn::Export, uri::is_nbd};
 use crate::queue;
 use crate::recovery::Recovery;
 use crate::request::Request;
@@ -58,7 +61,13 @@ pub struct Config {
     /// Re-attach to the waiting device of this name (`rdm recover`)
     /// instead of creating one.
     pub recover: bool,
+    /// How long a request to an NBD export may wait for its reply
+    /// (reconnects included) before it fails.
+    pub nbd_timeout: Duration,
 }
+
+/// The default of `--nbd-timeout`, as the kernel's nbd driver.
+pub const NBD_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -113,6 +122,8 @@ pub struct Live {
 pub(crate) enum Core {
     Uring(Handler<UringBackend>),
     Dax(Handler<DaxBackend>),
+    /// A table with NBD exports (and perhaps files).
+    Nbd(Handler<NbdBackend>),
 }
 
 impl Core {
@@ -120,6 +131,7 @@ impl Core {
         match self {
             Core::Uring(h) => &h.table,
             Core::Dax(h) => &h.table,
+            Core::Nbd(h) => &h.table,
         }
     }
 
@@ -127,6 +139,7 @@ impl Core {
         match self {
             Core::Uring(h) => &h.stats,
             Core::Dax(h) => &h.stats,
+            Core::Nbd(h) => &h.stats,
         }
     }
 
@@ -135,6 +148,15 @@ impl Core {
         match self {
             Core::Uring(h) => h.backend.access(dev),
             Core::Dax(h) => h.backend.access(dev),
+            Core::Nbd(h) => h.backend.access(dev),
+        }
+    }
+
+    /// The export behind device `dev`, if it is one.
+    pub(crate) fn export(&self, dev: usize) -> Option<&Export> {
+        match self {
+            Core::Nbd(h) => h.backend.exports[dev].as_ref(),
+            _ => None,
         }
     }
 
@@ -142,6 +164,7 @@ impl Core {
         match self {
             Core::Uring(h) => h.handle(q, req, buf).await,
             Core::Dax(h) => h.handle(q, req, buf).await,
+            Core::Nbd(h) => h.handle(q, req, buf).await,
         }
     }
 }
@@ -151,8 +174,8 @@ impl Core {
 pub(crate) struct Loaded {
     pub(crate) core: Core,
     /// The io_uring path's backing files: fixed files
-    /// [`FIRST_BACKING_SLOT`].. on every queue ring.
-    files: Vec<File>,
+    /// [`FIRST_BACKING_SLOT`].. on every queue ring (`None` for exports).
+    files: Vec<Option<File>>,
     /// `Dax` when the DAX mappings serve, else the ublk mode chosen.
     pub(crate) mode: DataMode,
     pub(crate) dax: DaxDecision,
@@ -165,22 +188,29 @@ pub(crate) struct Loaded {
 impl Loaded {
     /// The descriptors of the fixed-file slots from [`FIRST_BACKING_SLOT`].
     pub(crate) fn fixed_fds(&self) -> Vec<RawFd> {
-        self.files.iter().map(|f| f.as_raw_fd()).collect()
+        self.files
+            .iter()
+            .map(|f| f.as_ref().map_or(-1, |f| f.as_raw_fd()))
+            .collect()
     }
 
     /// Makes every write that completed durable: fdatasync of each backing
-    /// file, or the DAX backend's own sync.
+    /// file, NBD_CMD_FLUSH on each export, or the DAX backend's own sync.
+    /// Only with no request in flight (suspended and drained, or stopped).
     pub(crate) fn sync(&self) -> Result<(), (PathBuf, std::io::Error)> {
         let paths = self.core.table().devices();
-        match &self.core {
-            Core::Dax(h) => h.backend.sync().map_err(|(i, e)| (paths[i].clone(), e)),
-            Core::Uring(_) => {
-                for (f, p) in self.files.iter().zip(paths) {
-                    f.sync_data().map_err(|e| (p.clone(), e))?;
-                }
-                Ok(())
+        if let Core::Dax(h) = &self.core {
+            return h.backend.sync().map_err(|(i, e)| (paths[i].clone(), e));
+        }
+        for (i, (f, p)) in self.files.iter().zip(paths).enumerate() {
+            if let Some(f) = f {
+                f.sync_data().map_err(|e| (p.clone(), e))?;
+            }
+            if let Some(e) = self.core.export(i) {
+                e.flush_idle().map_err(|e| (p.clone(), e))?;
             }
         }
+        Ok(())
     }
 }
 
@@ -363,6 +393,7 @@ fn claim_or_adopt(
         devices: Vec::new(),
         suspended: false,
         inactive_table: None,
+        nbd_timeout: Some(cfg.nbd_timeout.as_secs()),
     };
     Ok((StateGuard::claim(&state)?, state, None))
 }
@@ -518,7 +549,7 @@ pub(crate) fn open_data_path(
         dax.active = false;
         dax.reason = Some(why);
     }
-    let mut files: Vec<File> = Vec::new();
+    let mut files: Vec<Option<File>> = Vec::new();
     let mut discard = true;
     let aux = Aux {
         zero: Some(ZERO_SLOT),
@@ -537,20 +568,36 @@ pub(crate) fn open_data_path(
         Core::Dax(Handler::new(cfg.table.clone(), backend, aux))
     } else {
         let mut back = Vec::new();
+        let mut exports = Vec::new();
         for (i, p) in cfg.table.devices().iter().enumerate() {
+            let fixed = FIRST_BACKING_SLOT + i as u32;
+            if is_nbd(p) {
+                let e = open_export(cfg, p, aux)?;
+                discard &= e.info.has(nbd::proto::flags::SEND_TRIM);
+                exports.push(Some(e));
+                back.push(Backing {
+                    fixed,
+                    direct: false,
+                });
+                files.push(None);
+                continue;
+            }
             let (f, direct) = backing::open(p, !cfg.read_only).map_err(backing_err)?;
             discard &= backing::supports_discard(&f);
-            back.push(Backing {
-                fixed: FIRST_BACKING_SLOT + i as u32,
-                direct,
-            });
-            files.push(f);
+            back.push(Backing { fixed, direct });
+            files.push(Some(f));
+            exports.push(None);
         }
-        Core::Uring(Handler::new(
-            cfg.table.clone(),
-            UringBackend { files: back },
-            aux,
-        ))
+        let files_backend = UringBackend { files: back };
+        if exports.iter().any(Option::is_some) {
+            let backend = NbdBackend {
+                exports,
+                files: files_backend,
+            };
+            Core::Nbd(Handler::new(cfg.table.clone(), backend, aux))
+        } else {
+            Core::Uring(Handler::new(cfg.table.clone(), files_backend, aux))
+        }
     };
     Ok(Loaded {
         core,
@@ -560,6 +607,58 @@ pub(crate) fn open_data_path(
         discard,
         records,
     })
+}
+
+/// Connects every queue to the export `p` names. Several connections
+/// need the export's multi-conn promise (what one connection flushes or
+/// reads covers the others' writes), unless the table is read-only.
+fn open_export(cfg: &Config, p: &std::path::Path, aux: Aux) -> Result<Export, ServerError> {
+    let name = &cfg.name;
+    let err = |cause: String| ServerError::Backing {
+        name: name.clone(),
+        source: BackingError::Nbd {
+            path: p.to_path_buf(),
+            cause,
+        },
+    };
+    let mut fds = Vec::new();
+    let mut first: Option<(nbd::uri::Uri, nbd::socket::Addr, nbd::proto::ExportInfo)> = None;
+    for q in 0..cfg.queues {
+        let (uri, addr, info, fd) = backing::connect_export(p, backing::NBD_CHECK_TIMEOUT)
+            .map_err(|source| ServerError::Backing {
+                name: name.clone(),
+                source,
+            })?;
+        if q == 0 {
+            use nbd::proto::flags::CAN_MULTI_CONN;
+            if cfg.queues > 1 && !cfg.read_only && !info.has(CAN_MULTI_CONN) {
+                nbd::socket::disconnect(&fd);
+                return Err(err(format!(
+                    "the export does not allow multi-conn, and each of the {} queues needs its own connection: use --queues 1 or --read-only, or let the server allow it (qemu-nbd --shared=N, nbdkit)",
+                    cfg.queues
+                )));
+            }
+            if info.min_block > cfg.block_size {
+                nbd::socket::disconnect(&fd);
+                return Err(err(format!(
+                    "the export's smallest block is {} bytes, larger than the device's {}-byte blocks (--block-size 4096)",
+                    info.min_block, cfg.block_size
+                )));
+            }
+            first = Some((uri, addr, info));
+        }
+        fds.push(fd);
+    }
+    let (uri, addr, info) = first.expect("at least one queue");
+    Ok(Export::new(
+        uri,
+        addr,
+        info,
+        fds,
+        cfg.nbd_timeout,
+        !cfg.read_only,
+        aux,
+    ))
 }
 
 fn is_char_device(p: &std::path::Path) -> bool {
@@ -772,8 +871,8 @@ fn run_queues(
         t.fds[1..].copy_from_slice(&fds[1..]);
         t.nr_fds = FIXED_SLOTS as i32;
         // Each tag can have a ublk command and several backing ops in flight.
-        t.sq_depth = depth.saturating_mul(2);
-        t.cq_depth = depth.saturating_mul(4);
+        t.sq_depth = depth.saturating_mul(4);
+        t.cq_depth = depth.saturating_mul(8);
         t.dev_size = table.total_bytes();
         t.params = params(
             &table,

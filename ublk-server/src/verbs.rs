@@ -22,6 +22,7 @@ use crate::dax_path::DaxDecision;
 use crate::features::DataMode;
 use crate::gate::Gate;
 use crate::lockfs;
+use crate::nbd::status::ExportStatus;
 use crate::server::{ctrl_ring, open_data_path, probe, Config, Live, Loaded, Stopper};
 use crate::stats::Snapshot;
 
@@ -287,6 +288,7 @@ impl Device {
                         access,
                         health: if stats.errors == 0 { "A" } else { "D" },
                         stats,
+                        nbd: active.core.export(i).map(|e| e.status()),
                     }
                 })
                 .collect(),
@@ -326,4 +328,7 @@ pub struct DeviceStatus {
     /// dm-stripe's A (alive) / D (dead: has seen errors).
     pub health: &'static str,
     pub stats: Snapshot,
+    /// An NBD export's connections and counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<ExportStatus>,
 }

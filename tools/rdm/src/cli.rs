@@ -215,6 +215,10 @@ pub struct CreateArgs {
     /// Stay in the foreground instead of detaching the server.
     #[arg(long)]
     pub foreground: bool,
+    /// Seconds a request to an NBD export may wait for its answer,
+    /// reconnects included, before it fails with EIO.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub nbd_timeout: u64,
 }
 
 fn parse_block_size(s: &str) -> Result<u32, String> {

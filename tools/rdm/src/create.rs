@@ -212,6 +212,7 @@ pub fn recover(name: &str, json: bool, foreground: bool) -> Result<(), CliError>
         or_recover: false,
         recover: true,
         foreground,
+        nbd_timeout: st.nbd_timeout.unwrap_or(30),
     };
     if foreground {
         crate::serve::foreground(&args, table)

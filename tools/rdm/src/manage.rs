@@ -339,6 +339,28 @@ pub fn status(name: &str, json: bool, dm: bool) -> Result<(), CliError> {
             d["access"].as_str().unwrap_or("?"),
             stats(&d["stats"])
         );
+        let n = &d["nbd"];
+        if n.is_object() {
+            let list = |k: &str| {
+                n[k].as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            println!(
+                "    nbd: connections [{}], offers [{}], {} reconnects, {} disconnects, {} timeouts, {} failed requests, {} lost flushes, timeout {} s",
+                list("connections"),
+                list("offers"),
+                n["reconnects"],
+                n["disconnects"],
+                n["timeouts"],
+                n["failed_requests"],
+                n["lost_flushes"],
+                n["timeout_secs"]
+            );
+        }
     }
     Ok(())
 }

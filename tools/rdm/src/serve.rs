@@ -91,6 +91,7 @@ pub fn foreground(args: &CreateArgs, table: Table) -> Result<(), CliError> {
         dax: args.dax,
         recovery: args.recovery,
         recover: args.recover,
+        nbd_timeout: std::time::Duration::from_secs(args.nbd_timeout),
     };
     server::serve(cfg, on_live).map_err(|e| {
         let code = exit_code(&e);
@@ -148,8 +149,13 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
         std::io::pipe().map_err(|e| CliError::failed(format!("{}: pipe: {e}", args.name)))?;
 
     // The server runs from / (so that it holds no mount busy): hand it
-    // absolute paths.
-    let table = table.rewrite_paths(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
+    // absolute paths (NBD URIs stay as they are).
+    let table = table.rewrite_paths(|p| {
+        if rdm_ublk_server::nbd::uri::is_nbd(p) {
+            return p.to_path_buf();
+        }
+        std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+    });
     let exe = std::env::current_exe()
         .map_err(|e| CliError::failed(format!("cannot find the rdm binary: {e}")))?;
     let mut cmd = Command::new(exe);
@@ -170,6 +176,7 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
     .args(["--block-size", &args.block_size.to_string()])
     .args(["--dax", args.dax.name()])
     .args(["--recovery", args.recovery.name()])
+    .args(["--nbd-timeout", &args.nbd_timeout.to_string()])
     .env(READY_ENV, READY_FD.to_string())
     .stdin(Stdio::null())
     .stdout(

@@ -384,3 +384,95 @@ fn without_ublk_create_fails_cleanly() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("invalid device name"), "{}", stderr(&o));
 }
+
+/// A qemu-nbd serving `file` (read-only with `ro`) on a Unix socket
+/// beside it, killed on drop.
+struct QemuNbd(std::process::Child);
+
+impl QemuNbd {
+    fn start(file: &str, sock: &str, ro: bool) -> Option<QemuNbd> {
+        let mut c = Command::new("qemu-nbd");
+        c.args(["-f", "raw", "-t", "-e", "4", "-x", "e0"])
+            .arg(format!("--socket={sock}"))
+            .arg(file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if ro {
+            c.arg("-r");
+        }
+        let child = c.spawn().ok()?;
+        let t0 = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(sock).is_err() {
+            assert!(t0.elapsed().as_secs() < 10, "qemu-nbd never listened");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(QemuNbd(child))
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn nbd_exports_are_checked_like_files() {
+    let f = Files::new(&[("a", 8192), ("r", 8192)]);
+    let (sa, sr) = (f.p("a.sock"), f.p("r.sock"));
+    let Some(_a) = QemuNbd::start(&f.p("a"), &sa, false) else {
+        eprintln!("skipped: no qemu-nbd (apt install qemu-utils)");
+        return;
+    };
+    let _r = QemuNbd::start(&f.p("r"), &sr, true).unwrap();
+    let a = format!("nbd+unix:///e0?socket={sa}");
+    let r = format!("nbd+unix:///e0?socket={sr}");
+    // Accepted, printed as given, with the export's size and kind.
+    let table = format!("0 4096 linear {a} 0\n4096 4096 linear {a} 4096\n");
+    let o = rdm(&["create", "t", "--dry-run", "--table", &table]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), table);
+    assert_eq!(stderr(&o), "", "no DAX note for a table of exports");
+    let o = rdm(&["create", "t", "--dry-run", "--json", "--table", &table]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["devices"][0]["kind"], "nbd-export");
+    assert_eq!(v["devices"][0]["size_bytes"], 8192 * 512);
+    // Refused, one line each, naming the export and the cause.
+    for (table, want) in [
+        (format!("0 8193 linear {a} 0"), "too small for target"),
+        (
+            format!("0 10 linear {a} 0;10 10 linear {a} 5"),
+            "mapped writable twice",
+        ),
+        (
+            format!("0 10 linear {r} 0"),
+            "read-only but the table is writable",
+        ),
+        (
+            format!("0 10 linear nbd+unix:///e1?socket={sa} 0"),
+            "e1: no such export",
+        ),
+        (
+            "0 10 linear nbd+unix:///e0?socket=/nonexistent.sock 0".into(),
+            "No such file",
+        ),
+        ("0 10 linear nbds://h/e 0".into(), "TLS"),
+        (
+            "0 10 linear nbd://h/e?foo=1 0".into(),
+            "\"foo\" is not supported",
+        ),
+    ] {
+        let o = rdm(&["create", "t", "--dry-run", "--table", &table]);
+        assert_eq!(o.status.code(), Some(1), "{table}: {}", stderr(&o));
+        let e = stderr(&o);
+        // One line, and for a table rule the line of the table it is about.
+        assert!(e.trim().lines().count() <= 2, "{e}");
+        assert!(e.starts_with("rdm: t: "), "{e}");
+        assert!(e.contains(want), "{table}: {e:?} should say {want:?}");
+    }
+    // A read-only table may use a read-only export, and map ranges twice.
+    let table = format!("0 10 linear {r} 0\n10 10 linear {r} 5\n");
+    let o = rdm(&["create", "t", "--dry-run", "--read-only", "--table", &table]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -20,6 +20,10 @@ pub const HOST_PACKAGES: &[&str] = &[
     "libclang1-14",
     "debootstrap",
     "fonts-dejavu-core",
+    // NBD: servers for the tests and the kernel's client for the peer row.
+    "qemu-utils",
+    "nbdkit",
+    "nbd-client",
 ];
 
 fn is_installed(pkg: &str) -> Result<bool> {

@@ -3,6 +3,7 @@
 //! request handler is written once against it.
 
 pub mod dax;
+pub mod nbd;
 pub mod uring;
 
 use rdm_targets::DevIdx;

@@ -1,0 +1,10 @@
+//! NBD exports as backing devices: where one is ([`uri`]), the protocol
+//! ([`proto`]: the fixed newstyle handshake, requests and replies), the
+//! sockets on the queue rings ([`socket`]), an export's connections and
+//! its requests on them ([`conn`]), and its status ([`status`]).
+
+pub mod conn;
+pub mod proto;
+pub mod socket;
+pub mod status;
+pub mod uri;
