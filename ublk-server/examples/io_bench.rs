@@ -1,5 +1,6 @@
 //! The io core alone, no ublk: a QD32 stream of 4 KiB random reads through
-//! `Engine::handle` over a plain io_uring (`HostRing`), against fio doing the
+//! `Handler::handle` over a plain io_uring (`HostRing`, driven as a queue
+//! ring is: a task per request), against fio doing the
 //! same (io_uring, O_DIRECT, fixed buffers and files, QD32, 4 KiB randread,
 //! the same number of I/Os) on the same file. Prints both IOPS and the ratio;
 //! with valgrind installed, also userspace instructions per I/O of both
@@ -25,7 +26,7 @@ use rdm_ublk_server::backing;
 use rdm_ublk_server::buffer::{Aux, Buffer};
 use rdm_ublk_server::handler::Handler;
 use rdm_ublk_server::request::{op, Request};
-use rdm_ublk_server::ring::{join_all, HostRing};
+use rdm_ublk_server::ring::HostRing;
 
 const QD: usize = 32;
 const BS: u64 = 4096;
@@ -106,12 +107,14 @@ fn engine_run(path: &Path, ios: u64) -> f64 {
     );
     let blocks = FILE_BYTES / BS;
     let per = ios / QD as u64;
+    // As in the daemon: one task per in-flight request on a local
+    // executor, driven by the ring loop.
+    let exe = smol::LocalExecutor::new();
+    let (ring, engine) = (&ring, &engine);
     let t = Instant::now();
-    let workers: Vec<_> = (0..QD)
+    let tasks: Vec<_> = (0..QD)
         .map(|w| {
-            let ring = &ring;
-            let engine = &engine;
-            async move {
+            exe.spawn(async move {
                 let mut x =
                     0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
                 // SAFETY: inside the registered buffer.
@@ -131,10 +134,10 @@ fn engine_run(path: &Path, ios: u64) -> f64 {
                     let r = engine.handle(ring, req, buf).await;
                     assert_eq!(r, BS as i32, "read failed: {r}");
                 }
-            }
+            })
         })
         .collect();
-    ring.block_on(join_all(workers));
+    ring.run(&exe, || tasks.iter().all(|t| t.is_finished()));
     t.elapsed().as_secs_f64()
 }
 

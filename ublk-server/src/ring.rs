@@ -3,8 +3,7 @@
 //! the ublk commands, through libublk); in host tests and benchmarks it is a
 //! plain ring driven by [`HostRing::block_on`].
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
@@ -13,6 +12,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use io_uring::{squeue, IoUring};
+use slab::Slab;
 
 pub trait Ring {
     /// Queues one SQE; the future resolves to its CQE's `res`.
@@ -86,19 +86,24 @@ pub async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
     out.into_iter().map(|o| o.expect("all ready")).collect()
 }
 
-/// A self-contained ring for host tests and benchmarks: no ublk involved.
+/// A self-contained ring for host tests and benchmarks, no ublk involved,
+/// built the way libublk drives a queue ring: each operation a slot with
+/// its waker, completions reaped in batches and wake exactly their task.
 pub struct HostRing {
     ring: RefCell<IoUring>,
-    next: Cell<u64>,
-    done: RefCell<HashMap<u64, i32>>,
+    ops: RefCell<Slab<Op>>,
+}
+
+struct Op {
+    result: Option<i32>,
+    waker: Option<Waker>,
 }
 
 impl HostRing {
     pub fn new(entries: u32) -> io::Result<Rc<Self>> {
         Ok(Rc::new(HostRing {
             ring: RefCell::new(IoUring::new(entries)?),
-            next: Cell::new(1),
-            done: RefCell::new(HashMap::new()),
+            ops: RefCell::new(Slab::with_capacity(entries as usize)),
         }))
     }
 
@@ -117,34 +122,67 @@ impl HostRing {
         unsafe { self.ring.borrow().submitter().register_buffers(bufs) }
     }
 
-    /// Runs a future to completion, waiting on the ring whenever it stalls.
-    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
-        struct Noop;
-        impl Wake for Noop {
-            fn wake(self: std::sync::Arc<Self>) {}
+    /// Submits what is queued, waits for one completion, and wakes the
+    /// task of every completion there is.
+    fn wait_and_reap(&self) {
+        let mut ring = self.ring.borrow_mut();
+        ring.submit_and_wait(1).expect("io_uring_enter");
+        let mut ops = self.ops.borrow_mut();
+        for cqe in ring.completion() {
+            if let Some(op) = ops.get_mut(cqe.user_data() as usize) {
+                op.result = Some(cqe.result());
+                if let Some(w) = op.waker.take() {
+                    w.wake();
+                }
+            }
         }
-        let waker = Waker::from(std::sync::Arc::new(Noop));
+    }
+
+    /// Runs a future to completion, waiting on the ring whenever it stalls.
+    /// The future is polled again only when woken, as an executor does: a
+    /// lost wakeup hangs here instead of going unnoticed.
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let flag = std::sync::Arc::new(Flag(std::sync::atomic::AtomicBool::new(true)));
+        let waker = Waker::from(flag.clone());
         let mut cx = Context::from_waker(&waker);
         let mut fut = std::pin::pin!(fut);
         loop {
-            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-                return v;
+            if flag.0.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                    return v;
+                }
             }
-            let mut ring = self.ring.borrow_mut();
-            ring.submit_and_wait(1).expect("io_uring_enter");
-            let mut done = self.done.borrow_mut();
-            for cqe in ring.completion() {
-                done.insert(cqe.user_data(), cqe.result());
+            self.wait_and_reap();
+        }
+    }
+
+    /// Runs `exe`'s tasks (one per in-flight request, as a queue's tags)
+    /// until `done`, as the daemon's queue loop does: run what is ready,
+    /// then submit and wait once.
+    pub fn run(&self, exe: &smol::LocalExecutor<'_>, done: impl Fn() -> bool) {
+        loop {
+            while exe.try_tick() {}
+            if done() {
+                return;
             }
+            self.wait_and_reap();
         }
     }
 }
 
 impl Ring for Rc<HostRing> {
     fn submit(&self, sqe: squeue::Entry) -> impl Future<Output = i32> {
-        let id = self.next.get();
-        self.next.set(id + 1);
-        let sqe = sqe.user_data(id);
+        let key = self.ops.borrow_mut().insert(Op {
+            result: None,
+            waker: None,
+        });
+        let sqe = sqe.user_data(key as u64);
         {
             let mut ring = self.ring.borrow_mut();
             // SAFETY: the SQE's buffers belong to the caller's request, which
@@ -154,9 +192,18 @@ impl Ring for Rc<HostRing> {
             }
         }
         let me = self.clone();
-        std::future::poll_fn(move |_| match me.done.borrow_mut().remove(&id) {
-            Some(res) => Poll::Ready(res),
-            None => Poll::Pending,
+        std::future::poll_fn(move |cx| {
+            let mut ops = me.ops.borrow_mut();
+            match ops[key].result {
+                Some(res) => {
+                    ops.remove(key);
+                    Poll::Ready(res)
+                }
+                None => {
+                    ops[key].waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
         })
     }
 
