@@ -378,7 +378,11 @@ impl Device {
     /// no block device behind.
     pub fn remove(mut self) {
         self.removed = true;
-        rdm_ok(&["remove", &self.name]);
+        let out = rdm(&["remove", &self.name]);
+        if !out.ok() {
+            let log = std::fs::read_to_string(format!("/run/rdm/{}.log", self.name)).unwrap_or_default();
+            panic!("rdm remove {} failed: {out}\nserver log:\n{log}", self.name);
+        }
         assert!(
             !self.bdev.exists(),
             "{} still exists after `rdm remove` returned",
@@ -850,5 +854,49 @@ impl NbdServer {
 impl Drop for NbdServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Ends the test process after `secs` unless dropped first, printing the
+/// server log of device `name`: a hung test says where it hung instead of
+/// timing out the whole guest.
+pub struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Watchdog {
+    pub fn new(name: &str, secs: u64) -> Watchdog {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, name) = (done.clone(), name.to_string());
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(secs) {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let log = std::fs::read_to_string(format!("/run/rdm/{name}.log")).unwrap_or_default();
+            let ps = Command::new("ps")
+                .args(["-eo", "pid,stat,wchan:24,etime,args"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            let dmesg = Command::new("dmesg")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            let tail: Vec<&str> = dmesg.lines().rev().take(30).collect();
+            eprintln!(
+                "watchdog: {name} still running after {secs} s; its server log:\n{log}\nprocesses:\n{ps}\nkernel log (last lines):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            std::process::exit(101);
+        });
+        Watchdog(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }

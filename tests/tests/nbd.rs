@@ -48,11 +48,15 @@ fn fill(tpl: &str, devs: &[String]) -> String {
 /// back, for `tpl` (`{i}` = device i).
 fn crosscheck(tag: &str, tpl: &str, files: &[String], uris: &[String], len: usize) {
     for (round, zc) in modes().into_iter().enumerate() {
+        let _watchdog = Watchdog::new(&format!("nbd-x-{tag}-{zc}"), 600);
+        eprintln!("crosscheck {tag} ({zc})");
         let seed = 500 + 2 * round as u64;
         let dev = Device::create_in_mode(&format!("nbd-x-{tag}-{zc}"), &fill(tpl, uris), zc, &[]);
         assert_eq!(dev_size(dev.bdev_str()) as usize, len);
         write_dev(dev.bdev_str(), 0, &random_bytes(len, seed));
+        eprintln!("  written through rdm");
         dev.remove();
+        eprintln!("  removed");
         {
             let loops: Vec<Loop> = files.iter().map(|f| Loop::new(f)).collect();
             let devs: Vec<String> = loops.iter().map(|l| l.dev.clone()).collect();
@@ -63,7 +67,9 @@ fn crosscheck(tag: &str, tpl: &str, files: &[String], uris: &[String], len: usiz
                 &random_bytes(len, seed),
                 &format!("{tag} ({zc}): written by rdm over NBD, read by dm"),
             );
+            eprintln!("  read through dm");
             write_dev(&dm.dev, 0, &random_bytes(len, seed + 1));
+            eprintln!("  written through dm");
         }
         drop_caches();
         let dev = Device::create_in_mode(&format!("nbd-x-{tag}-{zc}"), &fill(tpl, uris), zc, &[]);
@@ -85,21 +91,21 @@ fn dm_crosscheck_linear_and_striped_over_exports() {
     let s = Scratch::new("nbd-x");
     let (files, servers) = four_exports(&s, 10900);
     let uris: Vec<String> = servers.iter().map(|e| e.uri.clone()).collect();
-    // 8 MiB linear, 1 MiB + 3 sectors into the export.
+    // 4 MiB linear, 1 MiB + 3 sectors into the export.
     crosscheck(
         "linear",
-        "0 16384 linear {0} 2051",
+        "0 8192 linear {0} 2051",
         &files[..1],
         &uris[..1],
-        8 << 20,
+        4 << 20,
     );
-    // 4 stripes of 64 KiB chunks, 48 MiB, starting 1 MiB into each export.
+    // 4 stripes of 64 KiB chunks, 16 MiB, starting 1 MiB into each export.
     crosscheck(
         "striped",
-        "0 98304 striped 4 128 {0} 2048 {1} 2048 {2} 2048 {3} 2048",
+        "0 32768 striped 4 128 {0} 2048 {1} 2048 {2} 2048 {3} 2048",
         &files,
         &uris,
-        48 << 20,
+        16 << 20,
     );
 }
 
@@ -208,6 +214,7 @@ fn a_server_killed_and_restarted_under_load_costs_only_its_requests_and_no_ackno
     let uris: Vec<String> = servers.iter().map(|e| e.uri.clone()).collect();
     // 4 stripes of 64 KiB: chunk i lives on export i % 4.
     let table = fill("0 131072 striped 4 128 {0} 0 {1} 0 {2} 0 {3} 0", &uris);
+    let _watchdog = Watchdog::new("nbd-kill", 300);
     let dev = Device::create("nbd-kill", &table, &["--nbd-timeout", "3", "--queues", "2"]);
     let bdev = dev.bdev_str().to_string();
     let n = 256; // 16 MiB
@@ -236,6 +243,7 @@ fn a_server_killed_and_restarted_under_load_costs_only_its_requests_and_no_ackno
         down_for < std::time::Duration::from_secs(3 * (64 / 16) + 20),
         "{down_for:?}"
     );
+    eprintln!("nbd-kill: generation 2 written in {down_for:?}; restarting export 2");
     servers[2].start();
 
     // Clean again: every acknowledged write is there — generation 2 where
@@ -246,6 +254,7 @@ fn a_server_killed_and_restarted_under_load_costs_only_its_requests_and_no_ackno
         let want = if i % 4 == 2 { chunk(i, 1) } else { chunk(i, 2) };
         assert_same_bytes(&got, &want, &format!("chunk {i} after the restart"));
     }
+    eprintln!("nbd-kill: every chunk checked");
     // Writes acknowledged on the dead connection were never flushed: the
     // first flush says so, the next one is clean.
     let f = std::fs::OpenOptions::new().write(true).open(&bdev).unwrap();
@@ -255,6 +264,8 @@ fn a_server_killed_and_restarted_under_load_costs_only_its_requests_and_no_ackno
         "the first flush after losing unflushed writes fails"
     );
     f.sync_all().expect("the second flush");
+    // An open block device keeps the ublk device alive (DEL_DEV waits).
+    drop(f);
     // And the device is as good as new.
     fio(
         &bdev,
@@ -367,7 +378,8 @@ fn bad_tables_over_exports_are_refused_before_anything_exists() {
         let r = Device::try_create(name, table, args);
         let out = r.expect_err(&format!("{table} {args:?} must be refused"));
         let text = out.stderr.trim().to_string();
-        assert_eq!(text.lines().count(), 1, "one line: {text}");
+        // One line (a table rule adds the table line it is about).
+        assert!(text.lines().count() <= 2, "one line: {text}");
         assert!(
             text.contains(want.as_str()),
             "{table}: {text:?} should say {want:?}"

@@ -568,3 +568,91 @@ fn a_server_that_never_answers_fails_the_request_after_the_timeout_and_the_queue
     assert_eq!(r.run(op::READ, 0, 8, 1), 4096);
     assert_eq!(&r.mem(1, 2048)[..], &pattern(0, 2048)[..]);
 }
+
+#[test]
+fn many_requests_in_flight_over_two_exports_complete_promptly() {
+    if !have("qemu-nbd") {
+        eprintln!("skipped: no qemu-nbd");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (fa, fb) = (file(dir.path(), "a.img", 8 * MIB), file(dir.path(), "b.img", 8 * MIB));
+    let (sa, sb) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let _a = Server::qemu_nbd(&fa, &sa);
+    let _b = Server::qemu_nbd(&fb, &sb);
+    let table = format!(
+        "0 32768 striped 2 16 nbd+unix:///e0?socket={} 0 nbd+unix:///e0?socket={} 0",
+        sa.display(),
+        sb.display()
+    );
+    let table = Table::parse(&table).unwrap();
+    backing::check_table(&table, true).unwrap();
+    let zero = fs::File::open("/dev/zero").unwrap();
+    let ring = HostRing::new(1024).unwrap();
+    ring.register_files(&[zero.as_raw_fd()]).unwrap();
+    let aux = Aux {
+        zero: Some(0),
+        bytes: None,
+    };
+    let layout = Layout::from_size_align(BUF, 4096).unwrap();
+    let bufs: Vec<*mut u8> = (0..32).map(|_| unsafe { alloc_zeroed(layout) }).collect();
+    let iovs: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.cast(),
+            iov_len: BUF,
+        })
+        .collect();
+    unsafe { ring.register_buffers(&iovs).unwrap() };
+    let exports = table
+        .devices()
+        .iter()
+        .map(|d| {
+            let (uri, addr, info, fd) = backing::connect_export(d, Duration::from_secs(5)).unwrap();
+            Some(Export::new(uri, addr, info, vec![fd], Duration::from_secs(10), true, aux))
+        })
+        .collect();
+    let backend = NbdBackend {
+        exports,
+        files: UringBackend {
+            files: (0..2)
+                .map(|i| Backing {
+                    fixed: 90 + i,
+                    direct: false,
+                })
+                .collect(),
+        },
+    };
+    let h = Handler::new(table, backend, aux);
+    // 32 tasks, as a queue's tags, each 40 requests of 4 KiB to 512 KiB
+    // over both exports (up to 32 pieces each).
+    let exe = smol::LocalExecutor::new();
+    let t0 = Instant::now();
+    let (ring_ref, h_ref) = (&ring, &h);
+    let tasks: Vec<_> = (0..32usize)
+        .map(|w| {
+            let base = bufs[w];
+            exe.spawn(async move {
+                let buf = Buffer::User {
+                    base,
+                    index: w as u16,
+                };
+                let mut x = w as u64 * 7919 + 1;
+                for i in 0..40u64 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let nr = 8 << (x % 8); // 4 KiB .. 512 KiB
+                    let sector = (x >> 8) % (32768 - nr as u64);
+                    let o = if i % 2 == 0 { op::WRITE } else { op::READ };
+                    let r = h_ref.handle(ring_ref, req(o, sector, nr), buf).await;
+                    assert_eq!(r, nr as i32 * 512, "request {i} of task {w}");
+                }
+            })
+        })
+        .collect();
+    ring.run(&exe, || tasks.iter().all(|t| t.is_finished()));
+    let took = t0.elapsed();
+    eprintln!("1280 requests in {took:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}: requests stall");
+}

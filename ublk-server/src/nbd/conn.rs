@@ -423,7 +423,9 @@ impl Export {
         let mut st = lock(conn);
         if st.epoch == epoch {
             st.sending = false;
-            if let Some(w) = st.send_queue.pop_front() {
+            // Every waiter tries again (a waiter re-polled meanwhile may
+            // be queued twice: waking only the first could lose one).
+            for w in st.send_queue.drain(..) {
                 w.wake();
             }
         }
