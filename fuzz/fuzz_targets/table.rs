@@ -92,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
 
     // Mapping: pieces cover a request inside the device exactly, in order.
     let total = table.total_sectors();
-    let mut out = rdm_targets::Pieces::new();
+    let mut out = Vec::new();
     table.flush(&mut out);
     for _ in 0..4 {
         let op = [Op::Read, Op::Write, Op::Discard, Op::WriteZeroes][usize::from(f.u8() % 4)];

@@ -26,8 +26,8 @@ mod validate;
 pub use error::{MapError, TableError, TableErrorKind};
 pub use table::{Segment, Table, MAX_TABLE_BYTES};
 pub use target::{
-    flush_piece, Corrupt, Ctr, CtrResult, DevIdx, Extent, Io, Op, Piece, PieceKind, Pieces,
-    StatusCtx, Target, TargetType,
+    flush_piece, Corrupt, Ctr, CtrResult, DevIdx, Extent, Io, Op, Piece, PieceKind, StatusCtx,
+    Target, TargetType,
 };
 pub use targets::REGISTRY;
 pub use validate::DeviceInfo;

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::args::{digits, escape_path, split_args};
 use crate::error::{MapError, TableError, TableErrorKind as K};
-use crate::target::{Ctr, DevIdx, Extent, Io, Op, Piece, PieceKind, Pieces, StatusCtx, Target};
+use crate::target::{Ctr, DevIdx, Extent, Io, Op, Piece, PieceKind, StatusCtx, Target};
 use crate::{targets, SECTOR_SHIFT, SECTOR_SIZE};
 
 /// The longest table text [`Table::parse`] reads (1 MiB: tens of
@@ -246,7 +246,7 @@ impl Table {
         opf: u32,
         sector: u64,
         nr_sectors: u64,
-        out: &mut Pieces,
+        out: &mut Vec<Piece>,
     ) -> Result<(), MapError> {
         let end = sector
             .checked_add(nr_sectors)
@@ -290,7 +290,7 @@ impl Table {
         opf: u32,
         sector: u64,
         nr_sectors: u64,
-        out: &mut Pieces,
+        out: &mut Vec<Piece>,
     ) -> Result<(), MapError> {
         let first = out.len();
         self.map(op, opf, sector, nr_sectors, out)?;
@@ -308,7 +308,7 @@ impl Table {
 
     /// FLUSH: what each segment's target does with a flush (by default,
     /// flush every device it uses).
-    pub fn flush(&self, out: &mut Pieces) {
+    pub fn flush(&self, out: &mut Vec<Piece>) {
         for (i, s) in self.segments.iter().enumerate() {
             s.target.flush(i, out);
         }

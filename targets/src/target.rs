@@ -74,10 +74,6 @@ impl Io {
     }
 }
 
-/// The pieces of one request: most requests have one or two, kept on the
-/// stack (no allocation per request on the hot path).
-pub type Pieces = smallvec::SmallVec<[Piece; 4]>;
-
 /// A contiguous part of a request served by one target in one way.
 ///
 /// Pieces come out in request order and together cover the request exactly
@@ -151,11 +147,11 @@ pub trait Target: fmt::Debug + Send + Sync {
 
     /// Maps one part of a request (READ, WRITE, DISCARD or WRITE_ZEROES),
     /// appending its pieces to `out`.
-    fn map(&self, io: &Io, out: &mut Pieces);
+    fn map(&self, io: &Io, out: &mut Vec<Piece>);
 
     /// FLUSH: what a flush does to this segment. By default every device it
     /// uses is flushed at once.
-    fn flush(&self, segment: usize, out: &mut Pieces) {
+    fn flush(&self, segment: usize, out: &mut Vec<Piece>) {
         let mut seen: Vec<DevIdx> = Vec::new();
         for e in self.extents(segment) {
             if !seen.contains(&e.dev) {

@@ -11,9 +11,9 @@ fn msg(text: &str) -> String {
 }
 
 fn map(t: &Table, op: Op, opf: u32, sector: u64, nr: u64) -> Vec<Piece> {
-    let mut out = rdm_targets::Pieces::new();
+    let mut out = Vec::new();
     t.map(op, opf, sector, nr, &mut out).unwrap();
-    out.into_vec()
+    out
 }
 
 fn io(dev: usize, byte: u64) -> PieceKind {
@@ -160,7 +160,7 @@ fn flakey_maps_plainly_while_up() {
         assert_eq!(p[0].kind, io(0, (8 + 4) * 512));
         assert_eq!(p[0].corrupt, [None, None]);
     }
-    let mut f = rdm_targets::Pieces::new();
+    let mut f = Vec::new();
     t.flush(&mut f);
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].kind, io(0, 0));
@@ -169,7 +169,7 @@ fn flakey_maps_plainly_while_up() {
 /// Kinds of a READ, a WRITE, a DISCARD and a FLUSH while always down.
 fn down(features: &str) -> [PieceKind; 4] {
     let t = Table::parse(&format!("0 64 flakey /a 0 0 1 {features}")).unwrap();
-    let mut f = rdm_targets::Pieces::new();
+    let mut f = Vec::new();
     t.flush(&mut f);
     [
         map(&t, Op::Read, 0, 0, 8)[0].kind,
@@ -258,7 +258,7 @@ fn delay_maps_each_class_to_its_device_and_delay() {
     assert_eq!((w[0].kind, w[0].delay_ms), (io(2, 16 * 512), 20));
     let d = map(&t, Op::Discard, 3, 64, 8);
     assert_eq!((d[0].kind, d[0].delay_ms), (io(2, 16 * 512), 20));
-    let mut f = rdm_targets::Pieces::new();
+    let mut f = Vec::new();
     t.flush(&mut f);
     let f: Vec<(PieceKind, u32)> = f.iter().map(|p| (p.kind, p.delay_ms)).collect();
     assert_eq!(f, vec![(io(0, 0), 0), (io(3, 0), 30)]);

@@ -138,7 +138,7 @@ proptest! {
     fn map_matches_model((text, sector, nr) in table_and_request()) {
         let t = Table::parse(&text).unwrap();
         let sizes = device_sizes(&t);
-        let mut pieces = rdm_targets::Pieces::new();
+        let mut pieces = Vec::new();
         t.map(Op::Read, 0, sector, nr, &mut pieces).unwrap();
         // Coverage exactly once, in order.
         let mut expect_off = 0;
@@ -174,7 +174,7 @@ proptest! {
             }
         }
         // Range mapping (discard) covers the same device sectors.
-        let mut ranges = rdm_targets::Pieces::new();
+        let mut ranges = Vec::new();
         t.map_range(Op::Discard, 0, sector, nr, &mut ranges).unwrap();
         prop_assert_eq!(ranges.iter().map(|p| p.len).sum::<u64>(), nr * 512);
         prop_assert!(ranges.len() <= pieces.len());
@@ -189,7 +189,7 @@ proptest! {
     fn out_of_range_requests_are_refused((text, sector, nr) in table_and_request()) {
         let t = Table::parse(&text).unwrap();
         let total = t.total_sectors();
-        let mut out = rdm_targets::Pieces::new();
+        let mut out = Vec::new();
         prop_assert!(t.map(Op::Read, 0, sector, total - sector + 1, &mut out).is_err());
         prop_assert!(t.map(Op::Read, 0, total, 1, &mut out).is_err());
         prop_assert!(t.map(Op::Read, 0, sector, u64::MAX, &mut out).is_err());
@@ -205,7 +205,7 @@ proptest! {
         let t = Table::parse(&text).unwrap();
         let mut devs: Vec<Vec<u8>> = device_sizes(&t).iter().map(|s| vec![0u8; *s as usize * 512]).collect();
         let data: Vec<u8> = (0..nr * 512).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
-        let mut pieces = rdm_targets::Pieces::new();
+        let mut pieces = Vec::new();
         t.map(Op::Read, 0, sector, nr, &mut pieces).unwrap();
         for p in &pieces {
             if let PieceKind::Io { dev, dev_offset } = p.kind {
@@ -260,7 +260,7 @@ fn striped_layout_matches_dm_stripe_by_hand() {
     // 3 stripes of chunk 2: chunks 0,1,2 go to stripes 0,1,2, chunk 3 to
     // stripe 0 at its second chunk, and so on.
     let t = Table::parse("0 12 striped 3 2 d0 100 d1 200 d2 300").unwrap();
-    let mut p = rdm_targets::Pieces::new();
+    let mut p = Vec::new();
     t.map(Op::Read, 0, 1, 8, &mut p).unwrap();
     let got: Vec<(usize, u64, u64)> = p
         .iter()

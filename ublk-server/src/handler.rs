@@ -7,7 +7,7 @@
 //! [`Backend`] (io_uring files or DAX mappings) on the queue's ring.
 
 use io_uring::types;
-use rdm_targets::{Op, Piece, PieceKind, Pieces, Table};
+use rdm_targets::{Op, Piece, PieceKind, Table};
 
 use crate::backend::{Backend, Transfer};
 use crate::buffer::{Aux, Buffer};
@@ -187,7 +187,7 @@ impl<B: Backend> Handler<B> {
     /// device it uses); held pieces wait first, then every device named is
     /// flushed once, all at once.
     async fn flush<R: Ring>(&self, ring: &R) -> Result<(), i32> {
-        let mut pieces = Pieces::new();
+        let mut pieces = Vec::new();
         self.table.flush(&mut pieces);
         if let Some(p) = pieces.iter().find(|p| p.kind == PieceKind::Error) {
             Counters::add(&self.stats.segments[p.segment].errors, 1);

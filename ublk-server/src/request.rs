@@ -2,7 +2,7 @@
 //! asks the table for, and the result the driver gets back.
 
 use libublk::sys;
-use rdm_targets::{Op, PieceKind, Pieces, Table};
+use rdm_targets::{Op, Piece, PieceKind, Table};
 
 use crate::stats::{Counters, Stats};
 
@@ -85,8 +85,8 @@ impl Request {
     /// Maps the request through `table` (`ranges`: merged per device, for
     /// DISCARD/WRITE_ZEROES). A request beyond the device, or with a piece
     /// that fails, fails with EIO before anything of it is done.
-    pub fn pieces(&self, o: Op, table: &Table, stats: &Stats) -> Result<Pieces, i32> {
-        let mut pieces = Pieces::new();
+    pub fn pieces(&self, o: Op, table: &Table, stats: &Stats) -> Result<Vec<Piece>, i32> {
+        let mut pieces = Vec::with_capacity(4);
         let (sector, nr, opf) = (self.sector, u64::from(self.nr_sectors), self.opf(o));
         let mapped = if matches!(o, Op::Discard | Op::WriteZeroes) {
             table.map_range(o, opf, sector, nr, &mut pieces)

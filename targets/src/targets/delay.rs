@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crate::args::{device_sector, scan_u32};
 use crate::target::{
-    flush_piece, Ctr, CtrResult, DevIdx, Extent, Io, Op, Piece, PieceKind, Pieces, StatusCtx,
-    Target, TargetType,
+    flush_piece, Ctr, CtrResult, DevIdx, Extent, Io, Op, Piece, PieceKind, StatusCtx, Target,
+    TargetType,
 };
 
 pub const TYPE: TargetType = TargetType { name: "delay", ctr };
@@ -85,13 +85,13 @@ impl Target for Delay {
         "delay"
     }
 
-    fn map(&self, io: &Io, out: &mut Pieces) {
+    fn map(&self, io: &Io, out: &mut Vec<Piece>) {
         // dm-delay: bio_data_dir() picks read or write; discards are writes.
         let class = if io.op == Op::Read { READ } else { WRITE };
         out.push(self.piece(class, io));
     }
 
-    fn flush(&self, segment: usize, out: &mut Pieces) {
+    fn flush(&self, segment: usize, out: &mut Vec<Piece>) {
         let c = &self.classes[FLUSH];
         let mut p = flush_piece(segment, c.dev, c.delay_ms);
         p.delay_class = FLUSH as u8;

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use crate::args::{device_sector, read_arg};
 use crate::target::{
-    flush_piece, Corrupt, Ctr, CtrResult, DevIdx, Extent, Io, Op, Piece, PieceKind, Pieces, Target,
+    flush_piece, Corrupt, Ctr, CtrResult, DevIdx, Extent, Io, Op, Piece, PieceKind, Target,
     TargetType,
 };
 
@@ -246,7 +246,7 @@ impl Target for Flakey {
         "flakey"
     }
 
-    fn map(&self, io: &Io, out: &mut Pieces) {
+    fn map(&self, io: &Io, out: &mut Vec<Piece>) {
         let mut p = io.piece(PieceKind::Io {
             dev: self.dev,
             dev_offset: (self.offset + io.offset) << crate::SECTOR_SHIFT,
@@ -271,7 +271,7 @@ impl Target for Flakey {
     }
 
     /// A flush is a write without data: dropped or failed like writes.
-    fn flush(&self, segment: usize, out: &mut Pieces) {
+    fn flush(&self, segment: usize, out: &mut Vec<Piece>) {
         let mut p = flush_piece(segment, self.dev, 0);
         if self.is_down() {
             if self.f.drop_writes {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::args::device_sector;
-use crate::target::{Ctr, CtrResult, DevIdx, Extent, Io, PieceKind, Pieces, Target, TargetType};
+use crate::target::{Ctr, CtrResult, DevIdx, Extent, Io, Piece, PieceKind, Target, TargetType};
 
 pub const TYPE: TargetType = TargetType {
     name: "linear",
@@ -39,7 +39,7 @@ impl Target for Linear {
         "linear"
     }
 
-    fn map(&self, io: &Io, out: &mut Pieces) {
+    fn map(&self, io: &Io, out: &mut Vec<Piece>) {
         out.push(io.piece(PieceKind::Io {
             dev: self.dev,
             dev_offset: (self.offset + io.offset) << crate::SECTOR_SHIFT,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::args::{digits, kstrtouint};
 use crate::target::{
-    Ctr, CtrResult, DevIdx, Extent, Io, PieceKind, Pieces, StatusCtx, Target, TargetType,
+    Ctr, CtrResult, DevIdx, Extent, Io, Piece, PieceKind, StatusCtx, Target, TargetType,
 };
 use crate::SECTOR_SHIFT;
 
@@ -76,7 +76,7 @@ impl Target for Striped {
         "striped"
     }
 
-    fn map(&self, io: &Io, out: &mut Pieces) {
+    fn map(&self, io: &Io, out: &mut Vec<Piece>) {
         let n = self.stripes.len() as u64;
         let end = io.offset + io.len;
         let mut at = io.offset;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::target::{Ctr, CtrResult, Extent, Io, PieceKind, Pieces, Target, TargetType};
+use crate::target::{Ctr, CtrResult, Extent, Io, Piece, PieceKind, Target, TargetType};
 
 pub const TYPE: TargetType = TargetType { name: "zero", ctr };
 
@@ -20,11 +20,11 @@ impl Target for Zero {
         "zero"
     }
 
-    fn map(&self, io: &Io, out: &mut Pieces) {
+    fn map(&self, io: &Io, out: &mut Vec<Piece>) {
         out.push(io.piece(PieceKind::Zero));
     }
 
-    fn flush(&self, _segment: usize, _out: &mut Pieces) {}
+    fn flush(&self, _segment: usize, _out: &mut Vec<Piece>) {}
 
     fn table_args(&self, _devs: &[String]) -> String {
         String::new()
