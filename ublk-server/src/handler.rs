@@ -62,7 +62,7 @@ impl<B: Backend> Handler<B> {
             return r;
         }
         // Most requests are one piece: no join, no boxed futures.
-        if let [p] = pieces.as_slice() {
+        if let [p] = &pieces[..] {
             return self.rw_piece(ring, p, write, fua, buf).await;
         }
         let results = join_all(

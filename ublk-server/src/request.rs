@@ -2,6 +2,8 @@
 //! asks the table for, and the result the driver gets back.
 
 use libublk::sys;
+use std::cell::RefCell;
+
 use rdm_targets::{Op, Piece, PieceKind, Table};
 
 use crate::stats::{Counters, Stats};
@@ -85,13 +87,13 @@ impl Request {
     /// Maps the request through `table` (`ranges`: merged per device, for
     /// DISCARD/WRITE_ZEROES). A request beyond the device, or with a piece
     /// that fails, fails with EIO before anything of it is done.
-    pub fn pieces(&self, o: Op, table: &Table, stats: &Stats) -> Result<Vec<Piece>, i32> {
-        let mut pieces = Vec::with_capacity(4);
+    pub fn pieces(&self, o: Op, table: &Table, stats: &Stats) -> Result<PieceBuf, i32> {
+        let mut pieces = PieceBuf::take();
         let (sector, nr, opf) = (self.sector, u64::from(self.nr_sectors), self.opf(o));
         let mapped = if matches!(o, Op::Discard | Op::WriteZeroes) {
-            table.map_range(o, opf, sector, nr, &mut pieces)
+            table.map_range(o, opf, sector, nr, &mut pieces.0)
         } else {
-            table.map(o, opf, sector, nr, &mut pieces)
+            table.map(o, opf, sector, nr, &mut pieces.0)
         };
         mapped.map_err(|_| EIO)?;
         if let Some(p) = pieces.iter().find(|p| p.kind == PieceKind::Error) {
@@ -99,5 +101,38 @@ impl Request {
             return Err(EIO);
         }
         Ok(pieces)
+    }
+}
+
+thread_local! {
+    /// Piece vectors of finished requests, for the next ones on this queue
+    /// thread: mapping a request allocates nothing once the queue is warm.
+    static POOL: RefCell<Vec<Vec<Piece>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A request's pieces, in a vector that goes back to this thread's pool.
+#[derive(Debug)]
+pub struct PieceBuf(Vec<Piece>);
+
+impl PieceBuf {
+    fn take() -> PieceBuf {
+        let v = POOL.with(|p| p.borrow_mut().pop());
+        PieceBuf(v.unwrap_or_else(|| Vec::with_capacity(8)))
+    }
+}
+
+impl std::ops::Deref for PieceBuf {
+    type Target = [Piece];
+    fn deref(&self) -> &[Piece] {
+        &self.0
+    }
+}
+
+impl Drop for PieceBuf {
+    fn drop(&mut self) {
+        let mut v = std::mem::take(&mut self.0);
+        v.clear();
+        // Bounded by the requests a thread has in flight at once.
+        POOL.with(|p| p.borrow_mut().push(v));
     }
 }
