@@ -185,10 +185,19 @@ pub fn modes() -> Vec<&'static str> {
     }
 }
 
+/// Whether the running kernel's ublk offers feature `name` (as `rdm
+/// features` names it, e.g. "BATCH_IO").
+pub fn kernel_has(name: &str) -> bool {
+    rdm_json(&["features"])["names"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|n| n == name))
+}
+
 /// The `mode` rdm reports for a `--zero-copy` value.
 pub fn mode_name(zero_copy: &str) -> &'static str {
     match zero_copy {
         "on" => "zero-copy",
+        "batch" => "batch",
         _ => "copy",
     }
 }
@@ -355,10 +364,13 @@ impl Device {
         Ok(dev)
     }
 
-    /// `rdm create` in data-path mode `zero_copy` ("on"/"off"); checks the
-    /// reported mode.
+    /// `rdm create` in data-path mode `zero_copy` ("on"/"off", or "batch"
+    /// for `--batch-io`); checks the reported mode.
     pub fn create_in_mode(name: &str, table: &str, zero_copy: &str, args: &[&str]) -> Device {
-        let mut a = vec!["--zero-copy", zero_copy];
+        let mut a = match zero_copy {
+            "batch" => vec!["--batch-io"],
+            zc => vec!["--zero-copy", zc],
+        };
         a.extend_from_slice(args);
         let dev = Device::create(name, table, &a);
         assert_eq!(dev.mode, mode_name(zero_copy), "mode of {name}");
@@ -380,7 +392,8 @@ impl Device {
         self.removed = true;
         let out = rdm(&["remove", &self.name]);
         if !out.ok() {
-            let log = std::fs::read_to_string(format!("/run/rdm/{}.log", self.name)).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(format!("/run/rdm/{}.log", self.name)).unwrap_or_default();
             panic!("rdm remove {} failed: {out}\nserver log:\n{log}", self.name);
         }
         assert!(

@@ -144,6 +144,9 @@ pub struct DeviceState {
     /// `--nbd-timeout` in seconds, as given.
     #[serde(default)]
     pub nbd_timeout: Option<u64>,
+    /// `--batch-io`: copy mode with UBLK_F_BATCH_IO.
+    #[serde(default)]
+    pub batch_io: bool,
 }
 
 /// One backing device's identity, recorded for recovery.
@@ -614,6 +617,7 @@ mod tests {
             suspended: false,
             inactive_table: None,
             nbd_timeout: None,
+            batch_io: false,
         };
         let g = StateGuard::claim(&st).unwrap();
         assert!(matches!(

@@ -58,6 +58,9 @@ pub enum DataMode {
     /// DAX: requests are served by copying between our per-tag buffers and
     /// persistent-memory mappings, with cache flushes for persistence.
     Dax,
+    /// Copy mode with `UBLK_F_BATCH_IO` (Linux 7.0+): requests are fetched
+    /// and their results committed in batches.
+    Batch,
 }
 
 impl DataMode {
@@ -66,7 +69,13 @@ impl DataMode {
             DataMode::ZeroCopy => "zero-copy",
             DataMode::Copy => "copy",
             DataMode::Dax => "dax",
+            DataMode::Batch => "batch",
         }
+    }
+
+    /// Whether requests' data is copied into our per-tag buffers.
+    pub fn copies(self) -> bool {
+        self != DataMode::ZeroCopy
     }
 }
 
@@ -89,8 +98,24 @@ impl ZeroCopy {
     }
 }
 
-/// Picks the mode from the kernel's features, or says why `on` cannot be had.
-pub fn choose_mode(want: ZeroCopy, features: u64) -> Result<DataMode, String> {
+pub const F_BATCH_IO: u64 = sys::UBLK_F_BATCH_IO as u64;
+
+/// Picks the mode from the kernel's features, or says why what was asked
+/// for cannot be had. `batch` (`--batch-io`) is copy mode with batches.
+pub fn choose_mode(want: ZeroCopy, batch: bool, features: u64) -> Result<DataMode, String> {
+    if batch {
+        if want == ZeroCopy::On {
+            return Err("--batch-io is copy mode only (libublk's batch queue); it cannot go with --zero-copy on".into());
+        }
+        if features & F_BATCH_IO == 0 {
+            return Err(format!(
+                "--batch-io needs UBLK_F_BATCH_IO (kernel 7.0 or newer); this kernel offers {:#x} ({})",
+                features,
+                decode(features).join(", ")
+            ));
+        }
+        return Ok(DataMode::Batch);
+    }
     let has = features & F_AUTO_BUF_REG != 0;
     match (want, has) {
         (ZeroCopy::Off, _) | (ZeroCopy::Auto, false) => Ok(DataMode::Copy),
@@ -151,13 +176,26 @@ mod tests {
 
     #[test]
     fn mode_choice() {
-        assert_eq!(choose_mode(ZeroCopy::Auto, 0x1fe), Ok(DataMode::Copy));
         assert_eq!(
-            choose_mode(ZeroCopy::Auto, 0x1fffff),
+            choose_mode(ZeroCopy::Auto, false, 0x1fe),
+            Ok(DataMode::Copy)
+        );
+        assert_eq!(
+            choose_mode(ZeroCopy::Auto, false, 0x1fffff),
             Ok(DataMode::ZeroCopy)
         );
-        assert_eq!(choose_mode(ZeroCopy::Off, 0x1fffff), Ok(DataMode::Copy));
-        let e = choose_mode(ZeroCopy::On, 0x1fe).unwrap_err();
+        assert_eq!(
+            choose_mode(ZeroCopy::Off, false, 0x1fffff),
+            Ok(DataMode::Copy)
+        );
+        let e = choose_mode(ZeroCopy::On, false, 0x1fe).unwrap_err();
         assert!(e.contains("AUTO_BUF_REG"), "{e}");
+        assert_eq!(
+            choose_mode(ZeroCopy::Auto, true, 0x1fffff),
+            Ok(DataMode::Batch)
+        );
+        let e = choose_mode(ZeroCopy::Auto, true, 0x1fe).unwrap_err();
+        assert!(e.contains("BATCH_IO"), "{e}");
+        assert!(choose_mode(ZeroCopy::On, true, 0x1fffff).is_err());
     }
 }

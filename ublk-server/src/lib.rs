@@ -20,6 +20,7 @@ pub mod handler;
 pub mod lockfs;
 pub mod nbd;
 mod queue;
+mod queue_batch;
 pub mod recovery;
 pub mod request;
 pub mod ring;

@@ -30,23 +30,10 @@ const IO_F_NEED_REG_BUF: u32 = sys::UBLK_IO_F_NEED_REG_BUF;
 
 /// One queue: its ring, its buffers, one task per tag, and the event loop.
 pub(crate) fn run(qid: u16, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode) {
-    let depth = u32::from(dev.dev_info.queue_depth);
-    let _ = libublk::io::ublk_init_task_ring(|cell| {
-        if cell.get().is_none() {
-            // Room for every tag's ublk command plus an operation and its
-            // linked timeout (NBD), so that a pair is never split by a
-            // full submission queue.
-            let ring = IoUring::builder()
-                .setup_cqsize(depth * 8)
-                .setup_coop_taskrun()
-                .setup_single_issuer()
-                .build(depth * 4)
-                .map_err(UblkError::IOError)?;
-            cell.set(RefCell::new(ring))
-                .map_err(|_| UblkError::OtherError(-libc::EEXIST))?;
-        }
-        Ok(())
-    });
+    if mode == DataMode::Batch {
+        return crate::queue_batch::run(qid, dev, gate);
+    }
+    init_ring(dev);
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -57,26 +44,14 @@ pub(crate) fn run(qid: u16, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode) {
         }
     };
     // Copy mode: one buffer per tag, registered as fixed buffer `tag`.
-    let copy = mode != DataMode::ZeroCopy;
+    let copy = mode.copies();
     let bufs: Rc<Vec<IoBuf<u8>>> = Rc::new(if copy {
         dev.alloc_queue_io_bufs()
     } else {
         Vec::new()
     });
     if copy {
-        let iovs: Vec<libc::iovec> = bufs
-            .iter()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        // SAFETY: the buffers live in `bufs` until this thread ends, after
-        // the ring's last use.
-        let r = libublk::io::with_task_io_ring(|ring| unsafe {
-            ring.submitter().register_buffers(&iovs)
-        });
-        if let Err(e) = r {
+        if let Err(e) = register_bufs(&bufs) {
             tracing::error!(qid, "registering buffers failed: {e}");
             dev.notify_buffer_registration_complete(true);
             return;
@@ -135,6 +110,89 @@ pub(crate) fn run(qid: u16, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode) {
     }
 }
 
+/// This thread's queue ring (libublk's per-queue ring, which it then uses
+/// for the ublk commands too).
+pub(crate) fn init_ring(dev: &UblkDev) {
+    let depth = u32::from(dev.dev_info.queue_depth);
+    let _ = libublk::io::ublk_init_task_ring(|cell| {
+        if cell.get().is_none() {
+            // Room for every tag's ublk command plus an operation and its
+            // linked timeout (NBD), so that a pair is never split by a
+            // full submission queue. Only this thread submits, and
+            // completions' task work runs when it waits for them
+            // (DEFER_TASKRUN, as ublksrv does): no interrupts of the
+            // thread while it works. TASKRUN_FLAG makes a submit that
+            // does not wait still run what is pending (libublk's stop).
+            let ring = IoUring::builder()
+                .setup_cqsize(depth * 8)
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag()
+                .build(depth * 4)
+                .map_err(UblkError::IOError)?;
+            cell.set(RefCell::new(ring))
+                .map_err(|_| UblkError::OtherError(-libc::EEXIST))?;
+        }
+        Ok(())
+    });
+}
+
+/// Registers a queue's copy buffers as the ring's fixed buffers 0..depth
+/// (buffer `tag` for tag `tag`).
+pub(crate) fn register_bufs(bufs: &[IoBuf<u8>]) -> std::io::Result<usize> {
+    let iovs: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: the caller keeps the buffers until this thread ends, after
+    // the ring's last use.
+    libublk::io::with_task_io_ring(|ring| unsafe { ring.submitter().register_buffers(&iovs) })
+        .map(|()| iovs.len())
+}
+
+/// Serves one fetched request through the gate (waiting while the device
+/// is suspended) and the active table's handler; returns the ublk result.
+pub(crate) async fn serve(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    mode: DataMode,
+    buffer: Buffer,
+    gate: &QueueGate<'_>,
+) -> i32 {
+    // Copy the descriptor out of the shared mapping before awaiting.
+    let iod = *q.get_iod(tag);
+    let req = Request {
+        op_flags: iod.op_flags,
+        sector: iod.start_sector,
+        nr_sectors: iod.nr_sectors,
+    };
+    let manual = mode == DataMode::ZeroCopy && iod.op_flags & IO_F_NEED_REG_BUF != 0;
+    // Waits here while the device is suspended.
+    let pass = gate.enter().await;
+    let core = &pass.loaded.core;
+    if !gate.current() {
+        // This ring could not take the active table's files.
+        return -libc::EIO;
+    }
+    if !manual {
+        return core.handle(q, req, buffer).await;
+    }
+    // The kernel could not register the buffer for us.
+    match reg_io_buf(q, tag, true).await {
+        r if r < 0 => r,
+        _ => {
+            let r = core.handle(q, req, buffer).await;
+            // It must be unregistered before COMMIT, or the request never
+            // completes.
+            let _ = reg_io_buf(q, tag, false).await;
+            r
+        }
+    }
+}
+
 /// One tag: FETCH, then serve and COMMIT_AND_FETCH until the queue is down.
 async fn io_task(
     q: &UblkQueue<'_>,
@@ -165,36 +223,7 @@ async fn io_task(
     };
     q.submit_io_prep_cmd(tag, desc.clone(), -1, io_buf).await?;
     loop {
-        // Copy the descriptor out of the shared mapping before awaiting.
-        let iod = *q.get_iod(tag);
-        let req = Request {
-            op_flags: iod.op_flags,
-            sector: iod.start_sector,
-            nr_sectors: iod.nr_sectors,
-        };
-        let manual = mode == DataMode::ZeroCopy && iod.op_flags & IO_F_NEED_REG_BUF != 0;
-        // Waits here while the device is suspended.
-        let pass = gate.enter().await;
-        let core = &pass.loaded.core;
-        let res = if !gate.current() {
-            // This ring could not take the active table's files.
-            -libc::EIO
-        } else if manual {
-            // The kernel could not register the buffer for us.
-            match reg_io_buf(q, tag, true).await {
-                r if r < 0 => r,
-                _ => {
-                    let r = core.handle(q, req, buffer).await;
-                    // It must be unregistered before COMMIT, or the request
-                    // never completes.
-                    let _ = reg_io_buf(q, tag, false).await;
-                    r
-                }
-            }
-        } else {
-            core.handle(q, req, buffer).await
-        };
-        drop(pass);
+        let res = serve(q, tag, mode, buffer, gate).await;
         q.submit_io_commit_cmd(tag, desc.clone(), res).await?;
     }
 }

@@ -64,6 +64,8 @@ pub struct Config {
     /// How long a request to an NBD export may wait for its reply
     /// (reconnects included) before it fails.
     pub nbd_timeout: Duration,
+    /// Copy mode with UBLK_F_BATCH_IO (`--batch-io`).
+    pub batch_io: bool,
 }
 
 /// The default of `--nbd-timeout`, as the kernel's nbd driver.
@@ -394,6 +396,7 @@ fn claim_or_adopt(
         suspended: false,
         inactive_table: None,
         nbd_timeout: Some(cfg.nbd_timeout.as_secs()),
+        batch_io: cfg.batch_io,
     };
     Ok((StateGuard::claim(&state)?, state, None))
 }
@@ -414,11 +417,12 @@ pub(crate) fn probe(cfg: &Config, waiting: Option<&DeviceState>) -> Result<Probe
     let name = &cfg.name;
     let features =
         UblkCtrl::get_features().ok_or_else(|| ServerError::NoUblk { name: name.clone() })?;
-    let mode =
-        features::choose_mode(cfg.zero_copy, features).map_err(|msg| ServerError::Unsupported {
+    let mode = features::choose_mode(cfg.zero_copy, cfg.batch_io, features).map_err(|msg| {
+        ServerError::Unsupported {
             name: name.clone(),
             msg,
-        })?;
+        }
+    })?;
     let record = |b: &backing::BackingInfo| DeviceRecord {
         path: b.path.clone(),
         identity: b.info.identity,
@@ -709,6 +713,9 @@ fn add_device(
     if mode == DataMode::ZeroCopy {
         ctrl_flags |= features::F_AUTO_BUF_REG | features::F_SUPPORT_ZERO_COPY;
     }
+    if mode == DataMode::Batch {
+        ctrl_flags |= features::F_BATCH_IO;
+    }
     if !rustix::process::geteuid().is_root() {
         // The kernel makes the creator the device's owner; udev gives the
         // nodes to the owner (tools/udev/98-rdm-unprivileged.rules).
@@ -815,6 +822,7 @@ fn recover_device(
     let granted = ctrl.dev_info().flags;
     let mode = match mode {
         DataMode::Dax => DataMode::Dax,
+        _ if granted & features::F_BATCH_IO != 0 => DataMode::Batch,
         _ if granted & features::F_AUTO_BUF_REG != 0 => DataMode::ZeroCopy,
         _ => DataMode::Copy,
     };

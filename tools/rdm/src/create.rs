@@ -213,6 +213,7 @@ pub fn recover(name: &str, json: bool, foreground: bool) -> Result<(), CliError>
         recover: true,
         foreground,
         nbd_timeout: st.nbd_timeout.unwrap_or(30),
+        batch_io: st.batch_io,
     };
     if foreground {
         crate::serve::foreground(&args, table)

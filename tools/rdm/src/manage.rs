@@ -369,7 +369,8 @@ pub fn features(json: bool) -> Result<(), CliError> {
     let bits = libublk::ctrl::UblkCtrl::get_features()
         .ok_or_else(|| CliError::usage(rdm_ublk_server::server::no_ublk_reason()))?;
     let names = features::decode(bits);
-    let mode = features::choose_mode(features::ZeroCopy::Auto, bits).expect("auto always chooses");
+    let mode =
+        features::choose_mode(features::ZeroCopy::Auto, false, bits).expect("auto always chooses");
     // Users may create devices: the kernel allows it, and this user could
     // open /dev/ublk-control (or GET_FEATURES above would have failed).
     let unprivileged = bits & u64::from(libublk::sys::UBLK_F_UNPRIVILEGED_DEV) != 0;

@@ -92,6 +92,7 @@ pub fn foreground(args: &CreateArgs, table: Table) -> Result<(), CliError> {
         recovery: args.recovery,
         recover: args.recover,
         nbd_timeout: std::time::Duration::from_secs(args.nbd_timeout),
+        batch_io: args.batch_io,
     };
     server::serve(cfg, on_live).map_err(|e| {
         let code = exit_code(&e);
@@ -189,6 +190,9 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
     }
     if args.recover {
         cmd.arg("--recover");
+    }
+    if args.batch_io {
+        cmd.arg("--batch-io");
     }
     let wfd = write_end.as_raw_fd();
     // SAFETY: only async-signal-safe calls between fork and exec.

@@ -492,7 +492,7 @@ mod guest {
 
     /// Every row, in run order. Rows whose setup fails are reported as
     /// unavailable with the reason and do not stop the others.
-    fn rows(zc: bool, dax_flag: bool) -> Vec<Row> {
+    fn rows(zc: bool, dax_flag: bool, batch: bool) -> Vec<Row> {
         let mut v = vec![
             Row {
                 id: "file-odirect",
@@ -533,6 +533,14 @@ mod guest {
                 what: "rdm linear, --zero-copy on",
             });
         }
+        if batch {
+            v.push(Row {
+                id: "rdm-linear-batch",
+                baseline: "dm-linear",
+                store: "tmpfs",
+                what: "rdm linear, --batch-io (copy mode, UBLK_F_BATCH_IO)",
+            });
+        }
         v.push(Row {
             id: "rdm-striped-copy",
             baseline: "dm-striped",
@@ -547,6 +555,29 @@ mod guest {
                 what: "rdm striped ×4, --zero-copy on",
             });
         }
+        if batch {
+            v.push(Row {
+                id: "rdm-striped-batch",
+                baseline: "dm-striped",
+                store: "tmpfs",
+                what: "rdm striped ×4, --batch-io (copy mode, UBLK_F_BATCH_IO)",
+            });
+        }
+        // Remote backing: four NBD exports (qemu-nbd on loopback TCP over
+        // the stripe files), striped by the kernel's nbd client + dm and
+        // by rdm.
+        v.push(Row {
+            id: "nbd-dm-striped",
+            baseline: "nbd-dm-striped",
+            store: "nbd",
+            what: "kernel nbd-client ×4 + dm-striped (64 KiB) over qemu-nbd on loopback",
+        });
+        v.push(Row {
+            id: "rdm-striped-nbd",
+            baseline: "nbd-dm-striped",
+            store: "nbd",
+            what: "rdm striped ×4 over the same NBD exports (default data path)",
+        });
         v.push(Row {
             id: "rublk-loop",
             baseline: "dm-linear",
@@ -631,6 +662,53 @@ mod guest {
         dax_flag: bool,
         pmem_ready: bool,
         pmem_fs: bool,
+        /// The NBD rows' servers, started by the first of them.
+        nbd_servers: Vec<std::process::Child>,
+    }
+
+    const NBD_PORT: u16 = 10809;
+
+    /// qemu-nbd over each stripe file, on loopback ports from NBD_PORT.
+    fn nbd_servers(cx: &mut Ctx) -> Result<()> {
+        if !cx.nbd_servers.is_empty() {
+            return Ok(());
+        }
+        for i in 0..STRIPES {
+            let port = NBD_PORT + i as u16;
+            let child = Command::new("qemu-nbd")
+                .args([
+                    "-f",
+                    "raw",
+                    "-t",
+                    "-e",
+                    "8",
+                    "--cache=writeback",
+                    "-x",
+                    "e0",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                ])
+                .arg(port.to_string())
+                .arg(stripe(i))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("start qemu-nbd (qemu-utils)")?;
+            cx.nbd_servers.push(child);
+            let t = Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if t.elapsed() > Duration::from_secs(20) {
+                    bail!("qemu-nbd on port {port} never listened");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    fn nbd_uri(i: u64) -> String {
+        format!("nbd://127.0.0.1:{}/e0", NBD_PORT + i as u16)
     }
 
     fn lin() -> String {
@@ -769,23 +847,32 @@ mod guest {
                 }
                 dmsetup("bench-str", &striped_table(&loops), &mut undo)
             }
-            "rdm-linear-copy" | "rdm-linear-zc" => {
-                let zc = if row.id.ends_with("zc") { "on" } else { "off" };
-                rdm(
-                    cx,
-                    &format!("0 {s} linear {} 0", lin()),
-                    &["--zero-copy", zc],
-                    &mut undo,
-                )
+            "rdm-linear-copy" | "rdm-linear-zc" | "rdm-linear-batch" => rdm(
+                cx,
+                &format!("0 {s} linear {} 0", lin()),
+                mode_args(row.id),
+                &mut undo,
+            ),
+            "rdm-striped-copy" | "rdm-striped-zc" | "rdm-striped-batch" => {
+                rdm(cx, &striped_table(&stripes), mode_args(row.id), &mut undo)
             }
-            "rdm-striped-copy" | "rdm-striped-zc" => {
-                let zc = if row.id.ends_with("zc") { "on" } else { "off" };
-                rdm(
-                    cx,
-                    &striped_table(&stripes),
-                    &["--zero-copy", zc],
-                    &mut undo,
-                )
+            "nbd-dm-striped" => {
+                nbd_servers(cx)?;
+                sh(&["modprobe", "nbd", "nbds_max=8"])?;
+                let mut devs = Vec::new();
+                for i in 0..STRIPES {
+                    let dev = format!("/dev/nbd{i}");
+                    let port = (NBD_PORT + i as u16).to_string();
+                    sh(&["nbd-client", "-N", "e0", "127.0.0.1", &port, &dev])?;
+                    undo.push(vec!["nbd-client".into(), "-d".into(), dev.clone()]);
+                    devs.push(dev);
+                }
+                dmsetup("bench-nbd", &striped_table(&devs), &mut undo)
+            }
+            "rdm-striped-nbd" => {
+                nbd_servers(cx)?;
+                let uris: Vec<String> = (0..STRIPES).map(nbd_uri).collect();
+                rdm(cx, &striped_table(&uris), &[], &mut undo)
             }
             "rublk-loop" => rublk(cx, false, &mut undo),
             "rublk-loop-zc" => rublk(cx, true, &mut undo),
@@ -840,6 +927,15 @@ mod guest {
                 st.teardown();
                 Err(e)
             }
+        }
+    }
+
+    /// The rdm options of a row's data-path mode (its id's last word).
+    fn mode_args(id: &str) -> &'static [&'static str] {
+        match id.rsplit('-').next() {
+            Some("zc") => &["--zero-copy", "on"],
+            Some("batch") => &["--batch-io"],
+            _ => &["--zero-copy", "off"],
         }
     }
 
@@ -920,7 +1016,12 @@ mod guest {
         let zc = features["names"]
             .as_array()
             .is_some_and(|a| a.iter().any(|n| n == "AUTO_BUF_REG"));
-        let dax_flag = sh(&[&rdm_bin, "create", "--help"]).is_ok_and(|h| h.contains("--dax"));
+        let help = sh(&[&rdm_bin, "create", "--help"]).unwrap_or_default();
+        let dax_flag = help.contains("--dax");
+        let batch = help.contains("--batch-io")
+            && features["names"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n == "BATCH_IO"));
         let kver = sh(&["uname", "-r"])?;
         let (runtime, ramp) = o.runtime();
         println!(
@@ -967,10 +1068,11 @@ mod guest {
             dax_flag,
             pmem_ready: pmem_ready.is_ok(),
             pmem_fs: false,
+            nbd_servers: Vec::new(),
             baseline: std::env::var("RDM_BENCH_BASELINE").ok(),
         };
 
-        let mut all_rows = rows(zc, dax_flag);
+        let mut all_rows = rows(zc, dax_flag, batch);
         if cx.baseline.is_some() {
             // Each rdm row followed by the same row on the baseline binary.
             all_rows = all_rows
@@ -1073,6 +1175,10 @@ mod guest {
         }
         if cx.pmem_fs {
             let _ = sh(&["umount", &format!("{WORK}/pmem")]);
+        }
+        for mut c in cx.nbd_servers.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
         }
         save(&doc)?;
         println!(
