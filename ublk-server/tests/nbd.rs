@@ -576,7 +576,10 @@ fn many_requests_in_flight_over_two_exports_complete_promptly() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (fa, fb) = (file(dir.path(), "a.img", 8 * MIB), file(dir.path(), "b.img", 8 * MIB));
+    let (fa, fb) = (
+        file(dir.path(), "a.img", 8 * MIB),
+        file(dir.path(), "b.img", 8 * MIB),
+    );
     let (sa, sb) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
     let _a = Server::qemu_nbd(&fa, &sa);
     let _b = Server::qemu_nbd(&fb, &sb);
@@ -609,7 +612,15 @@ fn many_requests_in_flight_over_two_exports_complete_promptly() {
         .iter()
         .map(|d| {
             let (uri, addr, info, fd) = backing::connect_export(d, Duration::from_secs(5)).unwrap();
-            Some(Export::new(uri, addr, info, vec![fd], Duration::from_secs(10), true, aux))
+            Some(Export::new(
+                uri,
+                addr,
+                info,
+                vec![fd],
+                Duration::from_secs(10),
+                true,
+                aux,
+            ))
         })
         .collect();
     let backend = NbdBackend {

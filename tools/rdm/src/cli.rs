@@ -13,7 +13,8 @@ Tables use the dmsetup syntax, one segment per line, numbers in 512-byte sectors
   <start> <length> error
   <start> <length> flakey <dev> <offset> <up_s> <down_s> [<#features> <features>...]
   <start> <length> delay <dev> <offset> <ms> [<wdev> <woffset> <wms> [<fdev> <foffset> <fms>]]
-<dev> is a regular file or a block device. Lines starting with # are ignored.
+<dev> is a regular file, a block device, or an NBD export: nbd://HOST[:PORT]/EXPORT
+or nbd+unix:///EXPORT?socket=PATH. Lines starting with # are ignored.
 
 Examples:
   rdm create data --table '0 2097152 linear /srv/a.img 0'      # prints /dev/ublkbN once it is live
@@ -219,6 +220,10 @@ pub struct CreateArgs {
     /// reconnects included, before it fails with EIO.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub nbd_timeout: u64,
+    /// Copy mode with the kernel's batched fetch and commit
+    /// (UBLK_F_BATCH_IO, Linux 7.0+).
+    #[arg(long)]
+    pub batch_io: bool,
 }
 
 fn parse_block_size(s: &str) -> Result<u32, String> {
