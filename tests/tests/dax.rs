@@ -331,6 +331,7 @@ fn dax_engine_user_copy_into_fsdax_mapping() {
     let pos = |tag, off| libublk::io::UblkIOCtx::ublk_user_copy_pos(0, tag, off);
     let uc = |tag| Buffer::UserCopy {
         cdev_fixed: 0,
+        cdev: -1,
         q_id: 0,
         tag,
     };
@@ -389,6 +390,7 @@ fn dax_bench_user_copy_vs_copy() {
     let mut tagbuf = vec![0u8; 4096];
     let uc = Buffer::UserCopy {
         cdev_fixed: 0,
+        cdev: -1,
         q_id: 0,
         tag: 0,
     };

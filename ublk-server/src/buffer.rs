@@ -17,9 +17,11 @@ pub enum Buffer {
     Kernel { index: u16 },
     /// `UBLK_F_USER_COPY`: the data moves by READ/WRITE on the
     /// `/dev/ublkcN` fixed file `cdev_fixed` at
-    /// `ublk_user_copy_pos(q_id, tag, offset)`.
+    /// `ublk_user_copy_pos(q_id, tag, offset)`, or by `pread`/`pwrite` on
+    /// its descriptor `cdev` (-1: only the ring).
     UserCopy {
         cdev_fixed: u32,
+        cdev: i32,
         q_id: u16,
         tag: u16,
     },
@@ -103,6 +105,7 @@ impl Buffer {
                 cdev_fixed,
                 q_id,
                 tag,
+                ..
             } => {
                 transfer_all(ring, len, |done| {
                     let n = (len - done).min(ZEROS.len() as u64) as u32;
@@ -142,6 +145,7 @@ impl Buffer {
                 cdev_fixed,
                 q_id,
                 tag,
+                ..
             } => {
                 transfer_all(ring, 1, |_| {
                     opcode::Write::new(types::Fixed(cdev_fixed), &BYTES[value as usize], 1)

@@ -201,6 +201,22 @@ async fn io_task(
     buf: Option<&IoBuf<u8>>,
     gate: &QueueGate<'_>,
 ) -> Result<(), UblkError> {
+    let user_copy = q.dev.dev_info.flags & crate::features::F_USER_COPY != 0;
+    if user_copy {
+        // The data moves by pread/pwrite on /dev/ublkcN (fixed file 0).
+        let buffer = Buffer::UserCopy {
+            cdev_fixed: 0,
+            cdev: q.dev.tgt.fds[0],
+            q_id: q.get_qid(),
+            tag,
+        };
+        let desc = BufDesc::Slice(&[]);
+        q.submit_io_prep_cmd(tag, desc.clone(), -1, None).await?;
+        loop {
+            let res = serve(q, tag, mode, buffer, gate).await;
+            q.submit_io_commit_cmd(tag, desc.clone(), res).await?;
+        }
+    }
     let desc = match (mode, buf) {
         (DataMode::Copy | DataMode::Dax, Some(b)) => BufDesc::Slice(b.as_slice()),
         _ => BufDesc::AutoReg(sys::ublk_auto_buf_reg {

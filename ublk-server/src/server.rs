@@ -716,6 +716,9 @@ fn add_device(
     if mode == DataMode::Batch {
         ctrl_flags |= features::F_BATCH_IO;
     }
+    if mode == DataMode::Dax && dax_user_copy() {
+        ctrl_flags |= features::F_USER_COPY;
+    }
     if !rustix::process::geteuid().is_root() {
         // The kernel makes the creator the device's owner; udev gives the
         // nodes to the owner (tools/udev/98-rdm-unprivileged.rules).
@@ -782,6 +785,13 @@ fn add_device(
         "device added"
     );
     Ok((ctrl, mode, raw))
+}
+
+/// Whether the DAX path moves request data with USER_COPY (one kernel copy
+/// between the request and the mapping) rather than through the per-tag
+/// buffers the driver copies into (`RDM_DAX_COPY=buffer`, for measuring).
+pub(crate) fn dax_user_copy() -> bool {
+    std::env::var("RDM_DAX_COPY").map_or(true, |v| v != "buffer")
 }
 
 /// Step 3, recovering: START_USER_RECOVERY on the waiting device (the

@@ -410,6 +410,7 @@ fn user_copy_moves_data_between_the_cdev_and_the_mapping() {
     let r = rig();
     let uc = |tag| Buffer::UserCopy {
         cdev_fixed: 0,
+        cdev: -1,
         q_id: 0,
         tag,
     };
@@ -476,6 +477,7 @@ fn user_copy_moves_data_between_the_cdev_and_the_mapping() {
     // A bad fixed file: the ring's error comes back.
     let bad = Buffer::UserCopy {
         cdev_fixed: 5,
+        cdev: -1,
         q_id: 0,
         tag: 0,
     };

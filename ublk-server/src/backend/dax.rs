@@ -97,6 +97,9 @@ impl Backend for DaxBackend {
     fn transfer_now(&self, t: Transfer, buf: Buffer) -> Option<Result<(), i32>> {
         match buf {
             Buffer::User { base, .. } => Some(copy_user(&self.maps[t.dev], t, base)),
+            Buffer::UserCopy {
+                cdev, q_id, tag, ..
+            } if cdev >= 0 => Some(user_copy_now(&self.maps[t.dev], t, (cdev, q_id, tag))),
             _ => None,
         }
     }
@@ -110,6 +113,7 @@ impl Backend for DaxBackend {
                 cdev_fixed,
                 q_id,
                 tag,
+                ..
             } => user_copy(ring, m, t, (cdev_fixed, q_id, tag)).await,
             // The DAX path always runs in copy or USER_COPY mode.
             Buffer::Kernel { .. } => Err(EIO),
@@ -210,6 +214,64 @@ fn copy_user(m: &DaxMapping, t: Transfer, base: *mut u8) -> Result<(), i32> {
         let dst = unsafe { std::slice::from_raw_parts_mut(at, len) };
         m.read_at(t.dev_offset, dst).map_err(dax_errno)
     }
+}
+
+/// USER_COPY without the ring: one `pread`/`pwrite` on /dev/ublkcN whose
+/// buffer is the mapped range itself, so the kernel's one copy moves the
+/// data between the request's pages and persistent memory.
+fn user_copy_now(
+    m: &DaxMapping,
+    t: Transfer,
+    (cdev, q_id, tag): (i32, u16, u16),
+) -> Result<(), i32> {
+    let len = t.len as usize;
+    // SAFETY: as in `user_copy`; the syscalls complete before returning.
+    let base = unsafe {
+        if t.write {
+            m.as_mut_ptr_range(t.dev_offset, len)
+        } else {
+            m.as_ptr_range(t.dev_offset, len).map(|p| p as *mut u8)
+        }
+    }
+    .map_err(dax_errno)?;
+    // SAFETY: the descriptor is the queue's /dev/ublkcN, open while the
+    // queue serves requests.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(cdev) };
+    let mut done = 0usize;
+    let mut retries = 0;
+    while done < len {
+        let pos = libublk::io::UblkIOCtx::ublk_user_copy_pos(
+            q_id,
+            tag,
+            (t.buf_offset as usize + done) as u32,
+        );
+        // SAFETY: `done < len`, inside the checked range.
+        let at = unsafe { base.add(done) };
+        let r = if t.write {
+            // SAFETY: the mapped range is writable for `len - done` bytes.
+            let dst = unsafe { std::slice::from_raw_parts_mut(at, len - done) };
+            rustix::io::pread(fd, dst, pos)
+        } else {
+            // SAFETY: the mapped range is readable for `len - done` bytes.
+            let src = unsafe { std::slice::from_raw_parts(at, len - done) };
+            rustix::io::pwrite(fd, src, pos)
+        };
+        match r {
+            Ok(0) => return Err(EIO),
+            Ok(n) => done += n,
+            Err(e)
+                if (e == rustix::io::Errno::INTR || e == rustix::io::Errno::AGAIN)
+                    && retries < 8 =>
+            {
+                retries += 1
+            }
+            Err(e) => return Err(-e.raw_os_error()),
+        }
+    }
+    if t.write {
+        m.persist(t.dev_offset, len as u64).map_err(dax_errno)?;
+    }
+    Ok(())
 }
 
 /// USER_COPY: one piece between the request (through /dev/ublkcN) and the
