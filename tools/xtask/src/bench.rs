@@ -35,6 +35,13 @@ pub const WORKLOADS: &[(&str, &str)] = &[
     ("read-512k-qd4", "512k read QD4"),
 ];
 
+/// `--smp`: the scaling workloads, two fio jobs of QD32 each.
+pub const SMP_WORKLOADS: &[(&str, &str)] = &[
+    ("randread-4k-2x32", "4k randread 2 jobs × QD32"),
+    ("randwrite-4k-2x32", "4k randwrite 2 jobs × QD32"),
+    ("read-64k-2x8", "64k read 2 jobs × QD8"),
+];
+
 /// Size of every device under test (tools/fio/*.fio say size=128m).
 const DEV_BYTES: u64 = 128 << 20;
 const DEV_SECTORS: u64 = DEV_BYTES >> 9;
@@ -55,12 +62,36 @@ pub struct BenchOpts {
     pub in_guest: bool,
     /// Only re-render the report from the last runs file.
     pub report_only: bool,
+    /// Two vCPUs without icount: the multi-queue scaling rows.
+    pub smp: bool,
     pub timeout: Duration,
 }
 
 impl BenchOpts {
     fn reps(&self) -> u32 {
-        self.reps.unwrap_or(if self.quick { 1 } else { 3 }).max(1)
+        let default = match (self.smp, self.quick) {
+            (true, _) => 5,
+            (false, true) => 1,
+            (false, false) => 3,
+        };
+        self.reps.unwrap_or(default).max(1)
+    }
+
+    /// The runs/report file stem: the kernel, and `-smp2` for scaling runs.
+    fn stem(&self) -> String {
+        format!(
+            "{}{}",
+            self.kernel.name(),
+            if self.smp { "-smp2" } else { "" }
+        )
+    }
+
+    fn workloads(&self) -> &'static [(&'static str, &'static str)] {
+        if self.smp {
+            SMP_WORKLOADS
+        } else {
+            WORKLOADS
+        }
     }
     /// fio runtime and ramp, in guest (instruction-counted) time.
     fn runtime(&self) -> (&'static str, &'static str) {
@@ -84,7 +115,7 @@ pub fn run_bench(o: &BenchOpts) -> Result<i32> {
         return host_bench(o);
     }
     if o.report_only {
-        let runs = out_dir().join(format!("runs-{}.json", o.kernel.name()));
+        let runs = out_dir().join(format!("runs-{}.json", o.stem()));
         write_report(o, &runs, None)?;
         return Ok(0);
     }
@@ -98,24 +129,24 @@ pub fn run_bench(o: &BenchOpts) -> Result<i32> {
         .args(["build", "--quiet", "--release", "-p", "rdm"])
         .current_dir(&root))?;
     // A private copy: other work may rebuild target/release/rdm meanwhile.
-    let rdm_bin = dir.join(format!("rdm-{}", o.kernel.name()));
+    let rdm_bin = dir.join(format!("rdm-{}", o.stem()));
     let _ = fs::remove_file(&rdm_bin);
     fs::copy(root.join("target/release/rdm"), &rdm_bin).context("cannot copy the rdm binary")?;
     let rublk_note = ensure_rublk(&dir);
     // A private NVDIMM image too: target/vm/pmem/pmemN.img is rewritten by
     // every other guest boot with --pmem, which would SIGBUS this qemu.
-    let pmem_img = dir.join(format!("pmem-{}.img", o.kernel.name()));
+    let pmem_img = dir.join(format!("pmem-{}.img", o.stem()));
     {
         let f = fs::File::create(&pmem_img)
             .with_context(|| format!("cannot create {}", pmem_img.display()))?;
         f.set_len(PMEM_BYTES)?;
     }
     let k = kernel::ensure(o.kernel, false)?;
-    let runs_file = dir.join(format!("runs-{}.json", o.kernel.name()));
+    let runs_file = dir.join(format!("runs-{}.json", o.stem()));
     let _ = fs::remove_file(&runs_file);
     // The guest runs a private copy: rebuilding xtask meanwhile (the tree
     // is shared over 9p) must not swap the binary under it.
-    let exe = dir.join(format!("xtask-{}", o.kernel.name()));
+    let exe = dir.join(format!("xtask-{}", o.stem()));
     let _ = fs::remove_file(&exe);
     fs::copy(
         std::env::current_exe().context("cannot find the xtask binary")?,
@@ -134,6 +165,9 @@ pub fn run_bench(o: &BenchOpts) -> Result<i32> {
     if o.quick {
         argv.push("--quick".into());
     }
+    if o.smp {
+        argv.push("--smp".into());
+    }
     if let Some(p) = &o.only {
         argv.extend(["--only".into(), p.clone()]);
     }
@@ -143,7 +177,7 @@ pub fn run_bench(o: &BenchOpts) -> Result<i32> {
     ];
     if let Some(b) = &o.baseline {
         // A private copy, like rdm's own.
-        let copy = dir.join(format!("rdm-baseline-{}", o.kernel.name()));
+        let copy = dir.join(format!("rdm-baseline-{}", o.stem()));
         let _ = fs::remove_file(&copy);
         fs::copy(b, &copy).with_context(|| format!("cannot copy {}", b.display()))?;
         env.push(("RDM_BENCH_BASELINE".to_string(), copy.display().to_string()));
@@ -152,15 +186,20 @@ pub fn run_bench(o: &BenchOpts) -> Result<i32> {
         env.push(("RDM_BENCH_RUBLK_UNAVAILABLE".into(), n));
     }
     println!(
-        "bench: booting Linux {} ({}) with --icount; {} rep(s) per run",
+        "bench: booting Linux {} ({}) {}; {} rep(s) per run",
         o.kernel.name(),
         k.kver,
+        if o.smp {
+            "with two vCPUs, no icount"
+        } else {
+            "with --icount"
+        },
         o.reps()
     );
     let cfg = vm::VmConfig {
         kernel: k,
         pmem: vec![vm::Pmem::Image(pmem_img)],
-        icount: true,
+        icount: !o.smp,
         timeout: o.timeout,
         env,
         cwd: root.clone(),
@@ -184,7 +223,7 @@ fn write_report(o: &BenchOpts, runs_file: &Path, wall: Option<f64>) -> Result<()
             .with_context(|| format!("the guest wrote no {}", runs_file.display()))?,
     )?;
     let (md, chart) = report(&doc, o.kernel.name());
-    let name = format!("bench-{}", o.kernel.name());
+    let name = format!("bench-{}", o.stem());
     let mut full = doc.clone();
     if let Some(w) = wall {
         full["wall_seconds"] = json!(w);
@@ -204,7 +243,7 @@ fn write_report(o: &BenchOpts, runs_file: &Path, wall: Option<f64>) -> Result<()
     }
     println!("bench: wrote {}/{name}.{{json,md,svg,png}}", dir.display());
     // A full run of the newest kernel is what the README shows.
-    if o.only.is_none() && o.kernel == Flavor::Latest && !o.report_only {
+    if o.only.is_none() && o.kernel == Flavor::Latest && !o.report_only && !o.smp {
         let docs = workspace_root().join("docs/bench-latest.png");
         fs::copy(dir.join(format!("{name}.png")), &docs)
             .with_context(|| format!("cannot update {}", docs.display()))?;
@@ -320,6 +359,7 @@ fn ratio(c: &BTreeMap<(String, String), Cell>, row: &str, base: &str, wl: &str) 
 /// The markdown report and the SVG chart of one kernel's runs.
 pub fn report(doc: &Value, flavor: &str) -> (String, crate::plot::Chart) {
     let (rows, c) = cells(doc);
+    let workloads = doc_workloads(doc);
     let kver = doc["kernel"].as_str().unwrap_or("?");
     let mut md = String::new();
     let _ = writeln!(
@@ -339,14 +379,14 @@ pub fn report(doc: &Value, flavor: &str) -> (String, crate::plot::Chart) {
     );
     let mut head = "| row | vs |".to_string();
     let mut rule = "| --- | --- |".to_string();
-    for (_, label) in WORKLOADS {
+    for (_, label) in &workloads {
         let _ = write!(head, " {label} |");
         rule.push_str(" ---: |");
     }
     let _ = writeln!(md, "{head}\n{rule}");
     for (row, base) in &rows {
         let mut line = format!("| {row} | {} |", if base == row { "—" } else { base });
-        for (wl, _) in WORKLOADS {
+        for (wl, _) in &workloads {
             match c.get(&(row.clone(), wl.to_string())) {
                 Some(x) => {
                     let spread = if x.max > x.min {
@@ -364,6 +404,18 @@ pub fn report(doc: &Value, flavor: &str) -> (String, crate::plot::Chart) {
             }
         }
         let _ = writeln!(md, "{line}");
+    }
+    let measured: Vec<_> = goals(&c)
+        .into_iter()
+        .filter(|(_, v, _)| v.is_some())
+        .collect();
+    if !measured.is_empty() {
+        let _ = writeln!(md, "\nGoals (ratios of medians in this boot):\n\n| goal | measured | target | met |\n| --- | ---: | ---: | --- |");
+        for (what, v, target) in measured {
+            let v = v.expect("measured");
+            let met = if v >= target { "yes" } else { "**no**" };
+            let _ = writeln!(md, "| {what} | {v:.2} | {target:.2} | {met} |");
+        }
     }
     let _ = writeln!(
         md,
@@ -413,7 +465,27 @@ pub fn report(doc: &Value, flavor: &str) -> (String, crate::plot::Chart) {
             );
         }
     }
-    (md, chart(&rows, &c, kver))
+    (md, chart(&rows, &c, kver, &workloads))
+}
+
+/// The workloads a runs file has: as the guest recorded them (`--smp`
+/// runs have their own), else the standard ones.
+fn doc_workloads(doc: &Value) -> Vec<(String, String)> {
+    match doc["workloads"].as_array() {
+        Some(a) => a
+            .iter()
+            .map(|w| {
+                (
+                    w[0].as_str().unwrap_or("").to_string(),
+                    w[1].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect(),
+        None => WORKLOADS
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+    }
 }
 
 /// The grouped bar chart: per workload, each non-baseline row's ratio to
@@ -422,21 +494,82 @@ fn chart(
     rows: &[(String, String)],
     c: &BTreeMap<(String, String), Cell>,
     kver: &str,
+    workloads: &[(String, String)],
 ) -> crate::plot::Chart {
     crate::plot::Chart {
         title: format!("rdm bench, Linux {kver}: IOPS ratio to the baseline row (icount guest)"),
-        groups: WORKLOADS.iter().map(|(_, l)| l.to_string()).collect(),
+        groups: workloads.iter().map(|(_, l)| l.to_string()).collect(),
         series: rows
             .iter()
             .filter(|(r, b)| r != b)
             .map(|(r, b)| crate::plot::Series {
                 label: format!("{r} / {b}"),
-                values: WORKLOADS.iter().map(|(wl, _)| ratio(c, r, b, wl)).collect(),
+                values: workloads.iter().map(|(wl, _)| ratio(c, r, b, wl)).collect(),
             })
             .filter(|s| s.values.iter().any(Option::is_some))
             .collect(),
-        goal: 1.05,
+        goals: vec![
+            (0.65, "rdm / kernel dm at 4 KiB".into()),
+            (1.0, "zero copy at 64k+, DAX / io_uring".into()),
+            (1.25, "rdm / rublk at 4 KiB".into()),
+        ],
     }
+}
+
+/// The goals of the per-request work (issue 13), as measured: each a
+/// ratio of the best matching rows, the target, and whether it is met.
+fn goals(c: &BTreeMap<(String, String), Cell>) -> Vec<(String, Option<f64>, f64)> {
+    let best = |rows: &[&str], wl: &str| -> Option<f64> {
+        rows.iter()
+            .filter_map(|r| c.get(&(r.to_string(), wl.to_string())))
+            .map(|x| x.med)
+            .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))))
+    };
+    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let rdm = ["rdm-linear-copy", "rdm-linear-zc", "rdm-linear-batch"];
+    let rublk = ["rublk-loop", "rublk-loop-zc"];
+    let mut g = Vec::new();
+    for (wl, label) in [
+        ("randread-4k-qd32", "4k randread QD32"),
+        ("randwrite-4k-qd32", "4k randwrite QD32"),
+        ("randread-4k-qd1", "4k randread QD1"),
+    ] {
+        g.push((
+            format!("best rdm linear / best rublk, {label}"),
+            div(best(&rdm, wl), best(&rublk, wl)),
+            1.25,
+        ));
+        g.push((
+            format!("best rdm linear / kernel dm-linear, {label}"),
+            div(best(&rdm, wl), best(&["dm-linear"], wl)),
+            0.65,
+        ));
+    }
+    for (wl, label) in [
+        ("read-64k-qd8", "64k read QD8"),
+        ("write-64k-qd8", "64k write QD8"),
+        ("read-512k-qd4", "512k read QD4"),
+    ] {
+        g.push((
+            format!("rdm-linear-zc / dm-linear, {label}"),
+            div(best(&["rdm-linear-zc"], wl), best(&["dm-linear"], wl)),
+            1.0,
+        ));
+    }
+    for (wl, label) in WORKLOADS {
+        g.push((
+            format!("rdm DAX / best rdm io_uring on the same pmem, {label}"),
+            div(
+                best(&["rdm-linear-pmem-dax"], wl),
+                best(&["rdm-linear-pmem-copy", "rdm-linear-pmem-zc"], wl),
+            ),
+            1.0,
+        ));
+    }
+    g
 }
 
 // ---------------------------------------------------------------- host
@@ -627,8 +760,39 @@ mod guest {
                 store: "pmem-fs",
                 what: "rdm linear over a file on ext4 -o dax, --dax required (DAX path)",
             });
+            v.push(Row {
+                id: "rdm-linear-pmem-dax-buf",
+                baseline: "rdm-linear-pmem-dax",
+                store: "pmem-fs",
+                what: "the DAX path with RDM_DAX_COPY=buffer (the driver copies into per-tag buffers)",
+            });
         }
         v
+    }
+
+    /// `--smp`: kernel dm against rdm on one and on two queues, in the
+    /// default data path.
+    fn smp_rows() -> Vec<Row> {
+        vec![
+            Row {
+                id: "dm-linear",
+                baseline: "dm-linear",
+                store: "tmpfs",
+                what: "kernel dm-linear on loop",
+            },
+            Row {
+                id: "rdm-linear-q1",
+                baseline: "dm-linear",
+                store: "tmpfs",
+                what: "rdm linear, one queue (default data path)",
+            },
+            Row {
+                id: "rdm-linear-q2",
+                baseline: "dm-linear",
+                store: "tmpfs",
+                what: "rdm linear, two queues (default data path)",
+            },
+        ]
     }
 
     fn sh(argv: &[&str]) -> Result<String> {
@@ -869,6 +1033,15 @@ mod guest {
                 }
                 dmsetup("bench-nbd", &striped_table(&devs), &mut undo)
             }
+            "rdm-linear-q1" | "rdm-linear-q2" => {
+                let q = if row.id.ends_with("q2") { "2" } else { "1" };
+                rdm(
+                    cx,
+                    &format!("0 {s} linear {} 0", lin()),
+                    &["--queues", q],
+                    &mut undo,
+                )
+            }
             "rdm-striped-nbd" => {
                 nbd_servers(cx)?;
                 let uris: Vec<String> = (0..STRIPES).map(nbd_uri).collect();
@@ -903,14 +1076,23 @@ mod guest {
                     &mut undo,
                 )
             }
-            "rdm-linear-pmem-dax" => {
+            "rdm-linear-pmem-dax" | "rdm-linear-pmem-dax-buf" => {
                 pmem_fs(cx)?;
-                rdm(
+                // The server inherits the environment of `rdm create`.
+                let copy = if row.id.ends_with("buf") {
+                    "buffer"
+                } else {
+                    "user"
+                };
+                std::env::set_var("RDM_DAX_COPY", copy);
+                let r = rdm(
                     cx,
                     &format!("0 {s} linear {} 0", pmem_file()),
                     &["--dax", "required"],
                     &mut undo,
-                )
+                );
+                std::env::remove_var("RDM_DAX_COPY");
+                r
             }
             other => bail!("unknown row {other}"),
         })();
@@ -1072,7 +1254,12 @@ mod guest {
             baseline: std::env::var("RDM_BENCH_BASELINE").ok(),
         };
 
-        let mut all_rows = rows(zc, dax_flag, batch);
+        let mut all_rows = if o.smp {
+            smp_rows()
+        } else {
+            rows(zc, dax_flag, batch)
+        };
+        let workloads = o.workloads();
         if cx.baseline.is_some() {
             // Each rdm row followed by the same row on the baseline binary.
             all_rows = all_rows
@@ -1095,9 +1282,11 @@ mod guest {
             "quick": o.quick,
             "runtime": runtime,
             "ramp": ramp,
-            "icount": true,
+            "icount": !o.smp,
             "zero_copy_available": zc,
             "rows": all_rows.iter().map(|r| json!({"id": r.id, "baseline": r.baseline, "store": r.store, "what": r.what})).collect::<Vec<_>>(),
+            "workloads": workloads,
+            "smp": o.smp,
             "runs": [],
             "unavailable": [],
         });
@@ -1111,11 +1300,11 @@ mod guest {
         // How far along: rows that have runs to do, counted up front.
         let todo = all_rows
             .iter()
-            .filter(|r| WORKLOADS.iter().any(|(wl, _)| wanted(&o.only, r.id, wl)))
+            .filter(|r| workloads.iter().any(|(wl, _)| wanted(&o.only, r.id, wl)))
             .count();
         let mut done_rows = 0;
         for row in &all_rows {
-            let wls: Vec<_> = WORKLOADS
+            let wls: Vec<_> = workloads
                 .iter()
                 .filter(|(wl, _)| wanted(&o.only, row.id, wl))
                 .collect();

@@ -112,6 +112,11 @@ enum Cmd {
         /// Only rebuild the report (md, svg, json) from the last runs.
         #[arg(long)]
         report_only: bool,
+        /// Multi-queue scaling instead: two vCPUs without icount (noisy:
+        /// medians of 5 reps by default), kernel dm against rdm with one
+        /// and two queues, two fio jobs at once.
+        #[arg(long)]
+        smp: bool,
     },
     /// Fuzz smoke: each cargo-fuzz target (fuzz/) for SECS seconds over
     /// its committed corpus; fails on a crash.
@@ -225,6 +230,7 @@ fn real_main() -> Result<i32> {
             timeout,
             in_guest,
             report_only,
+            smp,
         } => bench::run_bench(&bench::BenchOpts {
             kernel,
             reps,
@@ -234,6 +240,7 @@ fn real_main() -> Result<i32> {
             baseline,
             in_guest,
             report_only,
+            smp,
             timeout: Duration::from_secs(timeout),
         }),
         Cmd::Fuzz { secs, targets } => {

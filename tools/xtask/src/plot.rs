@@ -1,6 +1,6 @@
 //! The bench chart, drawn with plotters once per backend (SVG and PNG):
 //! per workload, each row's IOPS ratio to its baseline, with a line at 1.0
-//! and a dashed goal line.
+//! and dashed goal lines.
 
 use anyhow::{anyhow, Context, Result};
 use plotters::coord::Shift;
@@ -17,7 +17,8 @@ pub struct Chart {
     pub title: String,
     pub groups: Vec<String>,
     pub series: Vec<Series>,
-    pub goal: f64,
+    /// Dashed goal lines: ratio and what it is the goal of.
+    pub goals: Vec<(f64, String)>,
 }
 
 const SIZE: (u32, u32) = (1200, 520);
@@ -44,7 +45,10 @@ impl Chart {
             .series
             .iter()
             .flat_map(|s| s.values.iter().flatten())
-            .fold(self.goal.max(1.0) + 0.1, |a, &b| a.max(b * 1.05));
+            .fold(
+                self.goals.iter().map(|g| g.0).fold(1.0, f64::max) + 0.1,
+                |a, &b| a.max(b * 1.05),
+            );
         let n = self.groups.len() as f64;
         let mut chart = ChartBuilder::on(&root)
             .caption(&self.title, ("sans-serif", 18))
@@ -86,15 +90,18 @@ impl Chart {
             [(0.0, 1.0), (n, 1.0)],
             BLACK.stroke_width(1),
         ))?;
-        chart
-            .draw_series(DashedLineSeries::new(
-                [(0.0, self.goal), (n, self.goal)],
-                8,
-                5,
-                RED.stroke_width(1),
-            ))?
-            .label(format!("goal {:.2}", self.goal))
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], RED));
+        for (i, (goal, what)) in self.goals.iter().enumerate() {
+            let color = [RED, BLUE, MAGENTA][i % 3];
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(0.0, *goal), (n, *goal)],
+                    8,
+                    5,
+                    color.stroke_width(1),
+                ))?
+                .label(format!("goal {goal:.2}: {what}"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 12, y)], color));
+        }
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
