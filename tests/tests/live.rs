@@ -347,7 +347,9 @@ fn dax_path_keeps_serving_across_a_swap() {
     };
     let (a, b) = (file("a.img"), file("b.img"));
     let t1 = format!("0 {} linear {a} 0", sectors(16 * MIB));
-    let dev = Device::create("ldax", &t1, &["--dax", "required"]);
+    // --dax auto (a reload may then leave pmem; `required` would refuse).
+    let dev = Device::create("ldax", &t1, &[]);
+    assert_eq!(dev.mode, "dax");
     let bdev = dev.bdev_str().to_string();
     let pattern = random_bytes(64 << 10, 11);
     pwrite_direct(&bdev, MIB, &pattern, 0).unwrap();
@@ -373,6 +375,34 @@ fn dax_path_keeps_serving_across_a_swap() {
     pwrite_direct(&bdev, 0, &second, libc::O_SYNC).unwrap();
     assert_same_bytes(&read_at(&b, 0, 4096), &second, "a write lands in b.img");
     assert_ne!(read_at(&a, 0, 4096), second, "and not in a.img");
+    // Off pmem: a table the DAX path cannot serve (a file on tmpfs) is
+    // served through io_uring on the same device.
+    let s = Scratch::new("ldax");
+    let c = s.file("c.img", 16 * MIB);
+    rdm_ok(&["suspend", "ldax"]);
+    std::fs::copy(&b, &c).unwrap();
+    rdm_ok(&[
+        "reload",
+        "ldax",
+        "--table",
+        &format!("0 {} linear {c} 0", sectors(16 * MIB)),
+    ]);
+    rdm_ok(&["resume", "ldax"]);
+    let st = dev.status();
+    assert_ne!(st["devices"][0]["access"], "dax", "{st}");
+    assert_same_bytes(
+        &pread_direct(&bdev, MIB, pattern.len()).unwrap(),
+        &pattern,
+        "read through io_uring from c.img",
+    );
+    let third = random_bytes(8192, 13);
+    pwrite_direct(&bdev, 8192, &third, libc::O_SYNC).unwrap();
+    assert_same_bytes(&read_at(&c, 8192, 8192), &third, "a write lands in c.img");
+    assert_same_bytes(
+        &pread_direct(&bdev, 8192, 8192).unwrap(),
+        &third,
+        "and reads back",
+    );
     dev.remove();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,9 @@ run_command() {
 	mapfile -d '' ARGS <"$CTL/args"
 	mapfile -d '' ENVS <"$CTL/env"
 	CWD=$(cat "$CTL/cwd")
+	# The host retries a boot that panics before this point (TCG's SMP
+	# code patching sometimes does, under load); never once it ran.
+	: >"$CTL/started"
 	(
 		cd "$CWD" || exit 127
 		# Only the variables xtask passed through: drop everything else.

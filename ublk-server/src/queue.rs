@@ -23,7 +23,7 @@ use crate::buffer::Buffer;
 use crate::features::DataMode;
 use crate::gate::{Gate, QueueGate};
 use crate::request::Request;
-use crate::server::{FORCE_EXIT, STOPPING};
+use crate::server::{Core, FORCE_EXIT, STOPPING};
 
 /// `UBLK_IO_F_NEED_REG_BUF`: auto registration failed, register by hand.
 const IO_F_NEED_REG_BUF: u32 = sys::UBLK_IO_F_NEED_REG_BUF;
@@ -160,6 +160,7 @@ pub(crate) async fn serve(
     tag: u16,
     mode: DataMode,
     buffer: Buffer,
+    bounce: Option<Buffer>,
     gate: &QueueGate<'_>,
 ) -> i32 {
     // Copy the descriptor out of the shared mapping before awaiting.
@@ -177,6 +178,13 @@ pub(crate) async fn serve(
         // This ring could not take the active table's files.
         return -libc::EIO;
     }
+    // A USER_COPY device (DAX) serving a table the DAX path cannot: the
+    // data goes through the per-tag buffer, as in copy mode.
+    if let (Buffer::UserCopy { cdev, q_id, .. }, Some(b)) = (buffer, bounce) {
+        if !matches!(core, Core::Dax(_)) {
+            return through_buffer(q, core, req, b, (cdev, q_id, tag)).await;
+        }
+    }
     if !manual {
         return core.handle(q, req, buffer).await;
     }
@@ -191,6 +199,62 @@ pub(crate) async fn serve(
             r
         }
     }
+}
+
+/// Serves a USER_COPY request through the per-tag buffer `b`: a WRITE's
+/// data is read from /dev/ublkcN into it first, a READ's written back to
+/// it after.
+async fn through_buffer(
+    q: &UblkQueue<'_>,
+    core: &Core,
+    req: Request,
+    b: Buffer,
+    (cdev, q_id, tag): (i32, u16, u16),
+) -> i32 {
+    let Buffer::User { base, .. } = b else {
+        return -libc::EIO;
+    };
+    let len = (u64::from(req.nr_sectors) << 9) as usize;
+    // SAFETY: the per-tag buffer holds the largest request; the queue's
+    // /dev/ublkcN is open while it serves.
+    let (mem, fd) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(base, len),
+            std::os::fd::BorrowedFd::borrow_raw(cdev),
+        )
+    };
+    let pos = libublk::io::UblkIOCtx::ublk_user_copy_pos(q_id, tag, 0);
+    let copy = |write_to_cdev: bool, mem: &mut [u8]| -> Result<(), i32> {
+        let mut done = 0;
+        while done < mem.len() {
+            let at = pos + done as u64;
+            let r = if write_to_cdev {
+                rustix::io::pwrite(fd, &mem[done..], at)
+            } else {
+                rustix::io::pread(fd, &mut mem[done..], at)
+            };
+            match r {
+                Ok(0) => return Err(-libc::EIO),
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(-e.raw_os_error()),
+            }
+        }
+        Ok(())
+    };
+    let op = req.op();
+    if op == crate::request::op::WRITE {
+        if let Err(e) = copy(false, mem) {
+            return e;
+        }
+    }
+    let r = core.handle(q, req, b).await;
+    if op == crate::request::op::READ && r > 0 {
+        if let Err(e) = copy(true, mem) {
+            return e;
+        }
+    }
+    r
 }
 
 /// One tag: FETCH, then serve and COMMIT_AND_FETCH until the queue is down.
@@ -210,10 +274,14 @@ async fn io_task(
             q_id: q.get_qid(),
             tag,
         };
+        let bounce = buf.map(|b| Buffer::User {
+            base: b.as_mut_ptr(),
+            index: tag,
+        });
         let desc = BufDesc::Slice(&[]);
         q.submit_io_prep_cmd(tag, desc.clone(), -1, None).await?;
         loop {
-            let res = serve(q, tag, mode, buffer, gate).await;
+            let res = serve(q, tag, mode, buffer, bounce, gate).await;
             q.submit_io_commit_cmd(tag, desc.clone(), res).await?;
         }
     }
@@ -239,7 +307,7 @@ async fn io_task(
     };
     q.submit_io_prep_cmd(tag, desc.clone(), -1, io_buf).await?;
     loop {
-        let res = serve(q, tag, mode, buffer, gate).await;
+        let res = serve(q, tag, mode, buffer, None, gate).await;
         q.submit_io_commit_cmd(tag, desc.clone(), res).await?;
     }
 }

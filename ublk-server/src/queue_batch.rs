@@ -131,7 +131,7 @@ pub(crate) fn run(qid: u16, dev: &UblkDev, gate: &Arc<Gate>) {
             };
             exe.spawn(async move {
                 while inbox.next(tag).await {
-                    let res = serve(q, tag, DataMode::Batch, buffer, &qgate).await;
+                    let res = serve(q, tag, DataMode::Batch, buffer, None, &qgate).await;
                     inbox.finish(tag, res);
                 }
             })

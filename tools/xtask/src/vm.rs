@@ -66,8 +66,24 @@ pub fn run_in_vm(cfg: &VmConfig) -> Result<i32> {
     let run_dir = runs.join(format!("{}", std::process::id()));
     let _ = fs::remove_dir_all(&run_dir);
     let ctl = run_dir.join("ctl");
-    fs::create_dir_all(&ctl).with_context(|| format!("cannot create {}", ctl.display()))?;
-    let result = boot(cfg, &run_dir, &ctl);
+    let mut attempt = 1;
+    let result = loop {
+        let _ = fs::remove_dir_all(&ctl);
+        fs::create_dir_all(&ctl).with_context(|| format!("cannot create {}", ctl.display()))?;
+        let r = boot(cfg, &run_dir, &ctl);
+        // A kernel that panicked while booting ran nothing: boot again, once.
+        let early = r
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("panicked"))
+            && !ctl.join("started").exists();
+        if early && attempt < 2 {
+            eprintln!("xtask: the guest kernel panicked while booting; booting it again");
+            attempt += 1;
+            continue;
+        }
+        break r;
+    };
     let _ = fs::remove_dir_all(&run_dir);
     result
 }
