@@ -196,7 +196,7 @@ pub fn kernel_has(name: &str) -> bool {
 /// The `mode` rdm reports for a `--zero-copy` value.
 pub fn mode_name(zero_copy: &str) -> &'static str {
     match zero_copy {
-        "on" => "zero-copy",
+        "on" | "on-2threads" => "zero-copy",
         "batch" => "batch",
         _ => "copy",
     }
@@ -369,6 +369,7 @@ impl Device {
     pub fn create_in_mode(name: &str, table: &str, zero_copy: &str, args: &[&str]) -> Device {
         let mut a = match zero_copy {
             "batch" => vec!["--batch-io"],
+            "on-2threads" => vec!["--zero-copy", "on", "--io-threads", "2"],
             zc => vec!["--zero-copy", zc],
         };
         a.extend_from_slice(args);

@@ -337,3 +337,30 @@ fn batch_io_matches_dm_and_verifies() {
     fio_verify(dev.bdev_str(), &["--size=64M"]);
     dev.remove();
 }
+
+/// Two server threads share each queue's tags (UBLK_F_PER_IO_DAEMON,
+/// 6.16+), each on its own ring: the same bytes as kernel dm, fio verifies.
+#[test]
+fn io_threads_share_a_queue_and_serve_the_same_bytes() {
+    if !require_ublk() || !kernel_has("PER_IO_DAEMON") {
+        return;
+    }
+    let s = Scratch::new("iothreads");
+    let files: Vec<String> = (0..4)
+        .map(|i| s.file(&format!("s{i}.img"), 17 * MIB))
+        .collect();
+    crosscheck_in(
+        "iothreads",
+        "0 16384 striped 4 128 {0} 0 {1} 2048 {2} 8 {3} 0",
+        &files,
+        None,
+        &["on-2threads"],
+    );
+    let table = format!(
+        "0 131072 striped 4 128 {} 0 {} 0 {} 0 {} 0",
+        files[0], files[1], files[2], files[3]
+    );
+    let dev = Device::create_in_mode("dp-iothreads", &table, "on-2threads", &["--depth", "64"]);
+    fio_verify(dev.bdev_str(), &["--size=64M"]);
+    dev.remove();
+}

@@ -147,6 +147,9 @@ pub struct DeviceState {
     /// `--batch-io`: copy mode with UBLK_F_BATCH_IO.
     #[serde(default)]
     pub batch_io: bool,
+    /// `--io-threads`: server threads per queue.
+    #[serde(default)]
+    pub io_threads: Option<u16>,
 }
 
 /// One backing device's identity, recorded for recovery.
@@ -618,6 +621,7 @@ mod tests {
             inactive_table: None,
             nbd_timeout: None,
             batch_io: false,
+            io_threads: None,
         };
         let g = StateGuard::claim(&st).unwrap();
         assert!(matches!(

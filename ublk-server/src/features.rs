@@ -99,6 +99,21 @@ impl ZeroCopy {
 }
 
 pub const F_BATCH_IO: u64 = sys::UBLK_F_BATCH_IO as u64;
+pub const F_PER_IO_DAEMON: u64 = sys::UBLK_F_PER_IO_DAEMON as u64;
+
+/// Whether `--io-threads n` can be had: several threads serving one queue
+/// need UBLK_F_PER_IO_DAEMON, which the kernel does not give batch devices.
+pub fn check_io_threads(n: u16, batch: bool, features: u64) -> Result<(), String> {
+    if features & F_PER_IO_DAEMON == 0 {
+        return Err(format!(
+            "--io-threads {n} needs UBLK_F_PER_IO_DAEMON (kernel 6.16 or newer); use --queues to spread the work instead"
+        ));
+    }
+    if batch {
+        return Err("--io-threads cannot go with --batch-io (the kernel has no per-I/O daemons for batch devices)".into());
+    }
+    Ok(())
+}
 
 /// Picks the mode from the kernel's features, or says why what was asked
 /// for cannot be had. `batch` (`--batch-io`) is copy mode with batches.

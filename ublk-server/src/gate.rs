@@ -49,8 +49,9 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
-    pub(crate) fn new(active: Loaded, queues: u16) -> std::io::Result<Gate> {
-        let doorbells = (0..queues)
+    /// A gate for `rings` queue rings (one per queue and io thread).
+    pub(crate) fn new(active: Loaded, rings: usize) -> std::io::Result<Gate> {
+        let doorbells = (0..rings)
             .map(|_| {
                 rustix::event::eventfd(
                     0,
@@ -61,7 +62,7 @@ impl Gate {
             .collect::<Result<_, _>>()?;
         Ok(Gate {
             held: AtomicBool::new(false),
-            inflight: (0..queues).map(|_| AtomicUsize::new(0)).collect(),
+            inflight: (0..rings).map(|_| AtomicUsize::new(0)).collect(),
             generation: AtomicU64::new(0),
             active: Mutex::new(Arc::new(active)),
             doorbells,
@@ -167,10 +168,10 @@ impl Drop for Pass<'_> {
 }
 
 impl<'a> QueueGate<'a> {
-    pub(crate) fn new(gate: &'a Gate, qid: u16) -> Self {
+    pub(crate) fn new(gate: &'a Gate, slot: usize) -> Self {
         QueueGate {
             gate,
-            qid: usize::from(qid),
+            qid: slot,
             seen: Cell::new(gate.generation.load(SeqCst)),
             active: RefCell::new(Rc::new(gate.active())),
             opened: Event::new(),

@@ -29,9 +29,11 @@ use crate::server::{Core, FORCE_EXIT, STOPPING};
 const IO_F_NEED_REG_BUF: u32 = sys::UBLK_IO_F_NEED_REG_BUF;
 
 /// One queue: its ring, its buffers, one task per tag, and the event loop.
-pub(crate) fn run(qid: u16, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode) {
+pub(crate) fn run(ring: RingId, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode) {
+    let qid = ring.qid;
+    enter(ring);
     if mode == DataMode::Batch {
-        return crate::queue_batch::run(qid, dev, gate);
+        return crate::queue_batch::run(ring, dev, gate);
     }
     init_ring(dev);
     let q = match UblkQueue::new(qid, dev) {
@@ -58,7 +60,7 @@ pub(crate) fn run(qid: u16, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode) {
         }
     }
 
-    let qgate = Rc::new(QueueGate::new(gate, qid));
+    let qgate = Rc::new(QueueGate::new(gate, ring.slot));
     let exe = smol::LocalExecutor::new();
     let mut tasks = Vec::new();
     // Not among `tasks`: it ends with the stop, not with the queue.
@@ -108,6 +110,33 @@ pub(crate) fn run(qid: u16, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode) {
             break;
         }
     }
+}
+
+/// Which of the device's rings a queue thread runs: queue `qid`, its io
+/// thread `thread` (`--io-threads`), and `slot`, the ring's index among all
+/// of them (per-ring state — the gate's counters, an NBD export's
+/// connections — is indexed by it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RingId {
+    pub qid: u16,
+    pub thread: u16,
+    pub slot: usize,
+}
+
+thread_local! {
+    static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes this thread ring `r`'s: libublk picks the io thread's share of
+/// the tags from it, and [`slot`] answers it.
+fn enter(r: RingId) {
+    libublk::io::set_io_thread_idx(r.thread);
+    SLOT.with(|s| s.set(r.slot));
+}
+
+/// The slot of this thread's ring (0 outside queue threads).
+pub(crate) fn slot() -> usize {
+    SLOT.with(|s| s.get())
 }
 
 /// This thread's queue ring (libublk's per-queue ring, which it then uses

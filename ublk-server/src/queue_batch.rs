@@ -24,7 +24,7 @@ use libublk::uring_async::ublk_wake_task;
 use crate::buffer::Buffer;
 use crate::features::DataMode;
 use crate::gate::{Gate, QueueGate};
-use crate::queue::{init_ring, register_bufs, serve};
+use crate::queue::{init_ring, register_bufs, serve, RingId};
 use crate::server::{FORCE_EXIT, STOPPING};
 
 /// Fetched tags waiting for their task, and the tasks' results waiting
@@ -80,7 +80,8 @@ impl Inbox {
     }
 }
 
-pub(crate) fn run(qid: u16, dev: &UblkDev, gate: &Arc<Gate>) {
+pub(crate) fn run(ring: RingId, dev: &UblkDev, gate: &Arc<Gate>) {
+    let qid = ring.qid;
     init_ring(dev);
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => q,
@@ -115,7 +116,7 @@ pub(crate) fn run(qid: u16, dev: &UblkDev, gate: &Arc<Gate>) {
         stop: Cell::new(false),
         done: RefCell::new(Vec::with_capacity(depth)),
     });
-    let qgate = Rc::new(QueueGate::new(gate, qid));
+    let qgate = Rc::new(QueueGate::new(gate, ring.slot));
     let exe = smol::LocalExecutor::new();
     let _doorbell = exe.spawn({
         let qgate = qgate.clone();

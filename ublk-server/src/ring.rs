@@ -18,9 +18,9 @@ pub trait Ring {
     /// Queues one SQE; the future resolves to its CQE's `res`.
     fn submit(&self, sqe: squeue::Entry) -> impl Future<Output = i32>;
 
-    /// Which queue this ring serves (per-queue state, such as an NBD
-    /// export's connection, is indexed by it).
-    fn qid(&self) -> usize;
+    /// Which of the device's rings this is (one per queue and io thread):
+    /// per-ring state, such as an NBD export's connection, is indexed by it.
+    fn slot(&self) -> usize;
 }
 
 impl Ring for libublk::io::UblkQueue<'_> {
@@ -29,8 +29,8 @@ impl Ring for libublk::io::UblkQueue<'_> {
         self.ublk_submit_sqe(sqe)
     }
 
-    fn qid(&self) -> usize {
-        usize::from(self.get_qid())
+    fn slot(&self) -> usize {
+        crate::queue::slot()
     }
 }
 
@@ -207,7 +207,7 @@ impl Ring for Rc<HostRing> {
         })
     }
 
-    fn qid(&self) -> usize {
+    fn slot(&self) -> usize {
         0
     }
 }

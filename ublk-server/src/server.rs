@@ -66,6 +66,16 @@ pub struct Config {
     pub nbd_timeout: Duration,
     /// Copy mode with UBLK_F_BATCH_IO (`--batch-io`).
     pub batch_io: bool,
+    /// Server threads per queue (`--io-threads`), each with its own ring
+    /// and its share of the queue's tags (UBLK_F_PER_IO_DAEMON).
+    pub io_threads: u16,
+}
+
+impl Config {
+    /// How many rings serve the device: one per queue and io thread.
+    pub fn rings(&self) -> usize {
+        usize::from(self.queues) * usize::from(self.io_threads)
+    }
 }
 
 /// The default of `--nbd-timeout`, as the kernel's nbd driver.
@@ -253,7 +263,7 @@ pub fn serve(
     state.dev_id = Some(ctrl.dev_info().dev_id);
     state.mode = Some(mode);
     guard.update(&state)?;
-    let gate = Gate::new(loaded, cfg.queues)
+    let gate = Gate::new(loaded, cfg.rings())
         .map_err(|e| ublk_err(&cfg.name, "eventfd", UblkError::IOError(e)))?;
     let gate = Arc::new(gate);
     let stopper = Arc::new(Stopper {
@@ -320,7 +330,8 @@ fn io_buf_bytes(cfg: &Config) -> Result<u32, ServerError> {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock)
         .current
         .unwrap_or(u64::MAX);
-    let tags = u64::from(cfg.queues) * u64::from(cfg.depth);
+    // Each io thread has a buffer for every tag of its queue.
+    let tags = cfg.rings() as u64 * u64::from(cfg.depth);
     let per_tag = (limit / 2 / tags.max(1)).min(u64::from(IO_BUF_BYTES));
     if per_tag < 4096 {
         return Err(ServerError::Unsupported {
@@ -397,6 +408,7 @@ fn claim_or_adopt(
         inactive_table: None,
         nbd_timeout: Some(cfg.nbd_timeout.as_secs()),
         batch_io: cfg.batch_io,
+        io_threads: Some(cfg.io_threads),
     };
     Ok((StateGuard::claim(&state)?, state, None))
 }
@@ -417,12 +429,14 @@ pub(crate) fn probe(cfg: &Config, waiting: Option<&DeviceState>) -> Result<Probe
     let name = &cfg.name;
     let features =
         UblkCtrl::get_features().ok_or_else(|| ServerError::NoUblk { name: name.clone() })?;
-    let mode = features::choose_mode(cfg.zero_copy, cfg.batch_io, features).map_err(|msg| {
-        ServerError::Unsupported {
-            name: name.clone(),
-            msg,
-        }
-    })?;
+    let unsupported = |msg| ServerError::Unsupported {
+        name: name.clone(),
+        msg,
+    };
+    let mode = features::choose_mode(cfg.zero_copy, cfg.batch_io, features).map_err(unsupported)?;
+    if cfg.io_threads > 1 {
+        features::check_io_threads(cfg.io_threads, cfg.batch_io, features).map_err(unsupported)?;
+    }
     let record = |b: &backing::BackingInfo| DeviceRecord {
         path: b.path.clone(),
         identity: b.info.identity,
@@ -627,7 +641,8 @@ fn open_export(cfg: &Config, p: &std::path::Path, aux: Aux) -> Result<Export, Se
     };
     let mut fds = Vec::new();
     let mut first: Option<(nbd::uri::Uri, nbd::socket::Addr, nbd::proto::ExportInfo)> = None;
-    for q in 0..cfg.queues {
+    // One connection per ring (queue and io thread).
+    for q in 0..cfg.rings() {
         let (uri, addr, info, fd) = backing::connect_export(p, backing::NBD_CHECK_TIMEOUT)
             .map_err(|source| ServerError::Backing {
                 name: name.clone(),
@@ -635,11 +650,11 @@ fn open_export(cfg: &Config, p: &std::path::Path, aux: Aux) -> Result<Export, Se
             })?;
         if q == 0 {
             use nbd::proto::flags::CAN_MULTI_CONN;
-            if cfg.queues > 1 && !cfg.read_only && !info.has(CAN_MULTI_CONN) {
+            if cfg.rings() > 1 && !cfg.read_only && !info.has(CAN_MULTI_CONN) {
                 nbd::socket::disconnect(&fd);
                 return Err(err(format!(
-                    "the export does not allow multi-conn, and each of the {} queues needs its own connection: use --queues 1 or --read-only, or let the server allow it (qemu-nbd --shared=N, nbdkit)",
-                    cfg.queues
+                    "the export does not allow multi-conn, and each of the {} queue threads needs its own connection: use --queues 1 (and --io-threads 1) or --read-only, or let the server allow it (qemu-nbd --shared=N, nbdkit)",
+                    cfg.rings()
                 )));
             }
             if info.min_block > cfg.block_size {
@@ -749,6 +764,7 @@ fn add_device(
             .id(id as i32)
             .nr_queues(cfg.queues)
             .depth(cfg.depth)
+            .io_threads_per_queue(cfg.io_threads)
             .io_buf_bytes(io_buf)
             .build()
             .map_err(|e| ublk_err(&cfg.name, "GET_DEV_INFO", e))?;
@@ -760,6 +776,7 @@ fn add_device(
                 .name("rdm")
                 .nr_queues(cfg.queues)
                 .depth(cfg.depth)
+                .io_threads_per_queue(cfg.io_threads)
                 .io_buf_bytes(io_buf)
                 .ctrl_flags(ctrl_flags)
                 .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
@@ -813,6 +830,7 @@ fn recover_device(
             .id(id as i32)
             .nr_queues(cfg.queues)
             .depth(cfg.depth)
+            .io_threads_per_queue(cfg.io_threads)
             .io_buf_bytes(IO_BUF_BYTES)
             .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV)
             .build()
@@ -902,7 +920,7 @@ fn run_queues(
         Ok(())
     };
     let q_gate = gate.clone();
-    let queue_fn = move |qid: u16, dev: &UblkDev| queue::run(qid, dev, &q_gate, mode);
+    let queue_fn = move |ring: queue::RingId, dev: &UblkDev| queue::run(ring, dev, &q_gate, mode);
     let ctrl = device.stopper.ctrl.clone();
     let device = Arc::new(device);
     // Held until the device has stopped; the control socket has a Weak.
@@ -964,17 +982,24 @@ fn run_target<T, Q, W>(
 ) -> Result<(), UblkError>
 where
     T: FnOnce(&mut UblkDev) -> Result<(), UblkError>,
-    Q: FnOnce(u16, &UblkDev) + Send + Clone + 'static,
+    Q: FnOnce(queue::RingId, &UblkDev) + Send + Clone + 'static,
     W: FnOnce(&UblkCtrl),
 {
     let dev = Arc::new(UblkDev::new(ctrl.get_name(), tgt_init, ctrl)?);
     let nr = dev.dev_info.nr_hw_queues;
+    let threads = dev.io_threads_per_queue();
     let handles: Vec<_> = (0..nr)
-        .map(|q| {
+        .flat_map(|q| (0..threads).map(move |t| (q, t)))
+        .map(|(qid, thread)| {
             let (dev, f) = (dev.clone(), queue_fn.clone());
+            let ring = queue::RingId {
+                qid,
+                thread,
+                slot: usize::from(qid) * usize::from(threads) + usize::from(thread),
+            };
             std::thread::Builder::new()
-                .name(format!("rdm-queue-{q}"))
-                .spawn(move || f(q, &dev))
+                .name(format!("rdm-queue-{qid}.{thread}"))
+                .spawn(move || f(ring, &dev))
                 .map_err(UblkError::IOError)
         })
         .collect::<Result<_, _>>()?;

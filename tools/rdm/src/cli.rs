@@ -224,6 +224,10 @@ pub struct CreateArgs {
     /// (UBLK_F_BATCH_IO, Linux 7.0+).
     #[arg(long)]
     pub batch_io: bool,
+    /// Server threads per queue, each with its own io_uring and a share of
+    /// the queue's tags (UBLK_F_PER_IO_DAEMON, Linux 6.16+).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub io_threads: u16,
 }
 
 fn parse_block_size(s: &str) -> Result<u32, String> {

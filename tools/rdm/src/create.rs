@@ -214,6 +214,7 @@ pub fn recover(name: &str, json: bool, foreground: bool) -> Result<(), CliError>
         foreground,
         nbd_timeout: st.nbd_timeout.unwrap_or(30),
         batch_io: st.batch_io,
+        io_threads: st.io_threads.unwrap_or(1),
     };
     if foreground {
         crate::serve::foreground(&args, table)

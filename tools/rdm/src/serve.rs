@@ -93,6 +93,7 @@ pub fn foreground(args: &CreateArgs, table: Table) -> Result<(), CliError> {
         recover: args.recover,
         nbd_timeout: std::time::Duration::from_secs(args.nbd_timeout),
         batch_io: args.batch_io,
+        io_threads: args.io_threads,
     };
     server::serve(cfg, on_live).map_err(|e| {
         let code = exit_code(&e);
@@ -178,6 +179,7 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
     .args(["--dax", args.dax.name()])
     .args(["--recovery", args.recovery.name()])
     .args(["--nbd-timeout", &args.nbd_timeout.to_string()])
+    .args(["--io-threads", &args.io_threads.to_string()])
     .env(READY_ENV, READY_FD.to_string())
     .stdin(Stdio::null())
     .stdout(

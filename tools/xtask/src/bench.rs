@@ -792,6 +792,12 @@ mod guest {
                 store: "tmpfs",
                 what: "rdm linear, two queues (default data path)",
             },
+            Row {
+                id: "rdm-linear-q1-t2",
+                baseline: "dm-linear",
+                store: "tmpfs",
+                what: "rdm linear, one queue served by two threads (--io-threads 2, PER_IO_DAEMON)",
+            },
         ]
     }
 
@@ -1033,14 +1039,13 @@ mod guest {
                 }
                 dmsetup("bench-nbd", &striped_table(&devs), &mut undo)
             }
-            "rdm-linear-q1" | "rdm-linear-q2" => {
-                let q = if row.id.ends_with("q2") { "2" } else { "1" };
-                rdm(
-                    cx,
-                    &format!("0 {s} linear {} 0", lin()),
-                    &["--queues", q],
-                    &mut undo,
-                )
+            "rdm-linear-q1" | "rdm-linear-q2" | "rdm-linear-q1-t2" => {
+                let args: &[&str] = match row.id {
+                    "rdm-linear-q2" => &["--queues", "2"],
+                    "rdm-linear-q1-t2" => &["--queues", "1", "--io-threads", "2"],
+                    _ => &["--queues", "1"],
+                };
+                rdm(cx, &format!("0 {s} linear {} 0", lin()), args, &mut undo)
             }
             "rdm-striped-nbd" => {
                 nbd_servers(cx)?;

@@ -180,13 +180,13 @@ impl Export {
         }
     }
 
-    fn conn(&self, qid: usize) -> &Conn {
-        &self.conns[qid]
+    fn conn(&self, slot: usize) -> &Conn {
+        &self.conns[slot]
     }
 
-    /// Serves one command on queue `qid`'s connection; 0 or -errno.
+    /// Serves one command on this ring's connection; 0 or -errno.
     pub async fn call<R: Ring>(&self, ring: &R, c: Cmd) -> i32 {
-        let conn = self.conn(ring.qid());
+        let conn = self.conn(ring.slot());
         let deadline = Instant::now() + self.timeout;
         loop {
             if c.kind == cmd::FLUSH && self.lost.swap(false, Relaxed) {
@@ -282,12 +282,12 @@ impl Export {
                             st.backoff = BACKOFF_MIN;
                             st.acked_seq = 0;
                             Counters::add(&self.counters.reconnects);
-                            tracing::info!(export = %self.uri, qid = ring.qid(), "reconnected");
+                            tracing::info!(export = %self.uri, slot = ring.slot(), "reconnected");
                         }
                         Err(e) => {
                             st.retry_at = Some(Instant::now() + st.backoff);
                             st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
-                            tracing::warn!(export = %self.uri, qid = ring.qid(), "reconnecting failed: {e}");
+                            tracing::warn!(export = %self.uri, slot = ring.slot(), "reconnecting failed: {e}");
                         }
                     }
                     for w in st.connect_queue.drain(..) {
