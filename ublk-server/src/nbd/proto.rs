@@ -226,8 +226,16 @@ pub async fn handshake<W: Wire>(w: &mut W, name: &str) -> io::Result<ExportInfo>
                         let word = |i: usize| {
                             u32::from_be_bytes(data[i..i + 4].try_into().expect("4 bytes"))
                         };
-                        min_block = word(2).max(1);
-                        max_payload = word(10).clamp(min_block, DEFAULT_MAX_PAYLOAD);
+                        // The protocol's rules: a power-of-two minimum
+                        // of at most 64 KiB, a maximum no smaller.
+                        let (min, max) = (word(2), word(10));
+                        if !min.is_power_of_two() || min > 64 << 10 || max < min {
+                            return Err(proto_err(format!(
+                                "bad block sizes: minimum {min}, maximum {max}"
+                            )));
+                        }
+                        min_block = min;
+                        max_payload = max.min(DEFAULT_MAX_PAYLOAD).max(min);
                     }
                     _ => {}
                 }
