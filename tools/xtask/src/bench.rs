@@ -64,6 +64,8 @@ pub struct BenchOpts {
     pub report_only: bool,
     /// Two vCPUs without icount: the multi-queue scaling rows.
     pub smp: bool,
+    /// Suffix of this run's file names.
+    pub tag: Option<String>,
     pub timeout: Duration,
 }
 
@@ -79,11 +81,15 @@ impl BenchOpts {
 
     /// The runs/report file stem: the kernel, and `-smp2` for scaling runs.
     fn stem(&self) -> String {
-        format!(
-            "{}{}",
-            self.kernel.name(),
-            if self.smp { "-smp2" } else { "" }
-        )
+        let mut s = self.kernel.name().to_string();
+        if self.smp {
+            s.push_str("-smp2");
+        }
+        if let Some(t) = &self.tag {
+            s.push('-');
+            s.push_str(t);
+        }
+        s
     }
 
     fn workloads(&self) -> &'static [(&'static str, &'static str)] {
@@ -243,7 +249,8 @@ fn write_report(o: &BenchOpts, runs_file: &Path, wall: Option<f64>) -> Result<()
     }
     println!("bench: wrote {}/{name}.{{json,md,svg,png}}", dir.display());
     // A full run of the newest kernel is what the README shows.
-    if o.only.is_none() && o.kernel == Flavor::Latest && !o.report_only && !o.smp {
+    if o.only.is_none() && o.kernel == Flavor::Latest && !o.report_only && !o.smp && o.tag.is_none()
+    {
         let docs = workspace_root().join("docs/bench-latest.png");
         fs::copy(dir.join(format!("{name}.png")), &docs)
             .with_context(|| format!("cannot update {}", docs.display()))?;

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const TARGETS: &[&str] = &["table", "control", "state"];
+pub const TARGETS: &[&str] = &["table", "control", "state", "nbd"];
 
 fn cargo_fuzz() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));

@@ -117,6 +117,10 @@ enum Cmd {
         /// and two queues, two fio jobs at once.
         #[arg(long)]
         smp: bool,
+        /// A name for this run's files (target/bench/*-KERNEL-TAG.*), so
+        /// that two runs can go at once.
+        #[arg(long, value_name = "TAG")]
+        tag: Option<String>,
     },
     /// Fuzz smoke: each cargo-fuzz target (fuzz/) for SECS seconds over
     /// its committed corpus; fails on a crash.
@@ -231,6 +235,7 @@ fn real_main() -> Result<i32> {
             in_guest,
             report_only,
             smp,
+            tag,
         } => bench::run_bench(&bench::BenchOpts {
             kernel,
             reps,
@@ -241,6 +246,7 @@ fn real_main() -> Result<i32> {
             in_guest,
             report_only,
             smp,
+            tag,
             timeout: Duration::from_secs(timeout),
         }),
         Cmd::Fuzz { secs, targets } => {
