@@ -25,7 +25,7 @@ use rdm_targets::Table;
 use serde::Serialize;
 
 use crate::backend::dax::DaxBackend;
-use crate::backend::nbd::NbdBackend;
+use crate::backend::nbd::{open_export, ExportOptions, NbdBackend};
 use crate::backend::uring::{Backing, UringBackend};
 use crate::backend::Backend;
 use crate::backing::{self, BackingError};
@@ -590,7 +590,13 @@ pub(crate) fn open_data_path(
         for (i, p) in cfg.table.devices().iter().enumerate() {
             let fixed = FIRST_BACKING_SLOT + i as u32;
             if is_nbd(p) {
-                let e = open_export(cfg, p, aux)?;
+                let opts = ExportOptions {
+                    rings: cfg.rings(),
+                    writable: !cfg.read_only,
+                    block_size: cfg.block_size,
+                    timeout: cfg.nbd_timeout,
+                };
+                let e = open_export(p, opts, aux).map_err(backing_err)?;
                 discard &= e.info.has(nbd::proto::flags::SEND_TRIM);
                 exports.push(Some(e));
                 back.push(Backing {
@@ -625,59 +631,6 @@ pub(crate) fn open_data_path(
         discard,
         records,
     })
-}
-
-/// Connects every queue to the export `p` names. Several connections
-/// need the export's multi-conn promise (what one connection flushes or
-/// reads covers the others' writes), unless the table is read-only.
-fn open_export(cfg: &Config, p: &std::path::Path, aux: Aux) -> Result<Export, ServerError> {
-    let name = &cfg.name;
-    let err = |cause: String| ServerError::Backing {
-        name: name.clone(),
-        source: BackingError::Nbd {
-            path: p.to_path_buf(),
-            cause,
-        },
-    };
-    let mut fds = Vec::new();
-    let mut first: Option<(nbd::uri::Uri, nbd::socket::Addr, nbd::proto::ExportInfo)> = None;
-    // One connection per ring (queue and io thread).
-    for q in 0..cfg.rings() {
-        let (uri, addr, info, fd) = backing::connect_export(p, backing::NBD_CHECK_TIMEOUT)
-            .map_err(|source| ServerError::Backing {
-                name: name.clone(),
-                source,
-            })?;
-        if q == 0 {
-            use nbd::proto::flags::CAN_MULTI_CONN;
-            if cfg.rings() > 1 && !cfg.read_only && !info.has(CAN_MULTI_CONN) {
-                nbd::socket::disconnect(&fd);
-                return Err(err(format!(
-                    "the export does not allow multi-conn, and each of the {} queue threads needs its own connection: use --queues 1 (and --io-threads 1) or --read-only, or let the server allow it (qemu-nbd --shared=N, nbdkit)",
-                    cfg.rings()
-                )));
-            }
-            if info.min_block > cfg.block_size {
-                nbd::socket::disconnect(&fd);
-                return Err(err(format!(
-                    "the export's smallest block is {} bytes, larger than the device's {}-byte blocks (--block-size 4096)",
-                    info.min_block, cfg.block_size
-                )));
-            }
-            first = Some((uri, addr, info));
-        }
-        fds.push(fd);
-    }
-    let (uri, addr, info) = first.expect("at least one queue");
-    Ok(Export::new(
-        uri,
-        addr,
-        info,
-        fds,
-        cfg.nbd_timeout,
-        !cfg.read_only,
-        aux,
-    ))
 }
 
 fn is_char_device(p: &std::path::Path) -> bool {

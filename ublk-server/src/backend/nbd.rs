@@ -5,15 +5,70 @@
 //! write-zeroes without the command writes zeros. A table may mix exports
 //! and files: the files are served by the io_uring file backend.
 
+use std::path::Path;
+use std::time::Duration;
+
 use rdm_targets::DevIdx;
 
 use super::uring::UringBackend;
 use super::{Backend, Transfer};
-use crate::buffer::Buffer;
+use crate::backing::{self, BackingError};
+use crate::buffer::{Aux, Buffer};
 use crate::nbd::conn::{Cmd, Export};
 use crate::nbd::proto::{cmd, flags};
 use crate::nbd::socket::Data;
 use crate::ring::Ring;
+
+/// How a table uses an export.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportOptions {
+    /// Connections to open: one per queue ring (queue and io thread).
+    pub rings: usize,
+    pub writable: bool,
+    /// The device's logical block size.
+    pub block_size: u32,
+    /// `--nbd-timeout`.
+    pub timeout: Duration,
+}
+
+/// Connects every ring to the export `p` names. Several connections need
+/// the export's multi-conn promise (what one connection flushes or reads
+/// covers the others' writes), unless the table is read-only.
+pub fn open_export(p: &Path, o: ExportOptions, aux: Aux) -> Result<Export, BackingError> {
+    let err = |cause: String| BackingError::Nbd {
+        path: p.to_path_buf(),
+        cause,
+    };
+    let mut fds = Vec::new();
+    let mut first = None;
+    for ring in 0..o.rings {
+        let (uri, addr, info, fd) = backing::connect_export(p, backing::NBD_CHECK_TIMEOUT)?;
+        if ring == 0 {
+            let refuse = |msg: String| {
+                crate::nbd::socket::disconnect(&fd);
+                Err(err(msg))
+            };
+            if o.rings > 1 && o.writable && !info.has(flags::CAN_MULTI_CONN) {
+                return refuse(format!(
+                    "the export does not allow multi-conn, and each of the {} queue threads needs its own connection: use --queues 1 (and --io-threads 1) or --read-only, or let the server allow it (qemu-nbd --shared=N, nbdkit)",
+                    o.rings
+                ));
+            }
+            if info.min_block > o.block_size {
+                return refuse(format!(
+                    "the export's smallest block is {} bytes, larger than the device's {}-byte blocks (--block-size 4096)",
+                    info.min_block, o.block_size
+                ));
+            }
+            first = Some((uri, addr, info));
+        }
+        fds.push(fd);
+    }
+    let (uri, addr, info) = first.expect("at least one ring");
+    Ok(Export::new(
+        uri, addr, info, fds, o.timeout, o.writable, aux,
+    ))
+}
 
 #[derive(Debug)]
 pub struct NbdBackend {
