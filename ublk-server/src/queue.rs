@@ -35,7 +35,7 @@ pub(crate) fn run(ring: RingId, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode)
     if mode == DataMode::Batch {
         return crate::queue_batch::run(ring, dev, gate);
     }
-    init_ring(dev);
+    init_ring(dev, mode);
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -141,24 +141,28 @@ pub(crate) fn slot() -> usize {
 
 /// This thread's queue ring (libublk's per-queue ring, which it then uses
 /// for the ublk commands too).
-pub(crate) fn init_ring(dev: &UblkDev) {
+///
+/// Room for every tag's ublk command plus an operation and its linked
+/// timeout (NBD), so that a pair is never split by a full submission
+/// queue; only this thread submits (SINGLE_ISSUER). How completions' task
+/// work runs is chosen per mode, as measured (docs/perf.md, same-boot
+/// A/B): zero copy and batch mode run it when the thread waits
+/// (DEFER_TASKRUN, as ublksrv does; 8-10 % more 4 KiB IOPS at QD32), copy
+/// mode and DAX at the next kernel entry (COOP_TASKRUN; DEFER_TASKRUN cost
+/// copy mode 4-13 %). TASKRUN_FLAG makes a submit that does not wait still
+/// run what is pending (libublk's stop).
+pub(crate) fn init_ring(dev: &UblkDev, mode: DataMode) {
     let depth = u32::from(dev.dev_info.queue_depth);
     let _ = libublk::io::ublk_init_task_ring(|cell| {
         if cell.get().is_none() {
-            // Room for every tag's ublk command plus an operation and its
-            // linked timeout (NBD), so that a pair is never split by a
-            // full submission queue. Only this thread submits, and
-            // completions' task work runs when it waits for them
-            // (DEFER_TASKRUN, as ublksrv does): no interrupts of the
-            // thread while it works. TASKRUN_FLAG makes a submit that
-            // does not wait still run what is pending (libublk's stop).
-            let ring = IoUring::builder()
-                .setup_cqsize(depth * 8)
-                .setup_single_issuer()
-                .setup_defer_taskrun()
-                .setup_taskrun_flag()
-                .build(depth * 4)
-                .map_err(UblkError::IOError)?;
+            let mut b = IoUring::builder();
+            b.setup_cqsize(depth * 8).setup_single_issuer();
+            if matches!(mode, DataMode::ZeroCopy | DataMode::Batch) {
+                b.setup_defer_taskrun().setup_taskrun_flag();
+            } else {
+                b.setup_coop_taskrun();
+            }
+            let ring = b.build(depth * 4).map_err(UblkError::IOError)?;
             cell.set(RefCell::new(ring))
                 .map_err(|_| UblkError::OtherError(-libc::EEXIST))?;
         }

@@ -82,7 +82,7 @@ impl Inbox {
 
 pub(crate) fn run(ring: RingId, dev: &UblkDev, gate: &Arc<Gate>) {
     let qid = ring.qid;
-    init_ring(dev);
+    init_ring(dev, DataMode::Batch);
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => q,
         Err(e) => {

@@ -392,6 +392,13 @@ pub fn report(doc: &Value, flavor: &str) -> (String, crate::plot::Chart) {
     }
     let _ = writeln!(md, "{head}\n{rule}");
     for (row, base) in &rows {
+        // Rows that did not run (--only) stay out of the table.
+        if !workloads
+            .iter()
+            .any(|(wl, _)| c.contains_key(&(row.clone(), wl.clone())))
+        {
+            continue;
+        }
         let mut line = format!("| {row} | {} |", if base == row { "—" } else { base });
         for (wl, _) in &workloads {
             match c.get(&(row.clone(), wl.to_string())) {
@@ -1035,7 +1042,27 @@ mod guest {
             }
             "nbd-dm-striped" => {
                 nbd_servers(cx)?;
-                sh(&["modprobe", "nbd", "nbds_max=8"])?;
+                // From the guest kernel's module tree (the rig's cache,
+                // shared with the guest), as stage2 loads the others.
+                let kver = sh(&["uname", "-r"])?;
+                let root = fs::read_dir(workspace_root().join("target/vm/kernels"))?
+                    .flatten()
+                    .map(|e| e.path().join(&kver))
+                    .find(|p| p.exists())
+                    .context("the guest kernel's modules are not under target/vm/kernels")?;
+                let _ = fs::create_dir_all("/run/rdm-empty-modprobe.d");
+                let root = root.display().to_string();
+                sh(&[
+                    "modprobe",
+                    "-C",
+                    "/run/rdm-empty-modprobe.d",
+                    "-d",
+                    &root,
+                    "-S",
+                    &kver,
+                    "nbd",
+                    "nbds_max=8",
+                ])?;
                 let mut devs = Vec::new();
                 for i in 0..STRIPES {
                     let dev = format!("/dev/nbd{i}");
