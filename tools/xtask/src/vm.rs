@@ -303,6 +303,8 @@ fn write_ctl(cfg: &VmConfig, tree: &Path, ctl: &Path) -> Result<()> {
 /// can't read .ko.xz), written to `out`.
 fn build_initramfs(k: &Kernel, run_dir: &Path, out: &Path) -> Result<()> {
     let stage = run_dir.join("initramfs");
+    // A second boot (after an early panic) builds it again from scratch.
+    let _ = fs::remove_dir_all(&stage);
     for d in ["bin", "dev", "proc", "sys", "modules", "newroot", "ctl"] {
         fs::create_dir_all(stage.join(d))
             .with_context(|| format!("cannot create {}", stage.display()))?;

@@ -39,7 +39,8 @@ use crate::buffer::Aux;
 use crate::ring::Ring;
 
 const EIO: i32 = -libc::EIO;
-/// Reconnect backoff: first retry, and the longest pause between tries.
+/// Reconnect backoff: first retry, and the longest pause between tries
+/// (less where the export's timeout is short).
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -180,6 +181,13 @@ impl Export {
         }
     }
 
+    /// The longest pause between tries: short enough that a request sees
+    /// four tries within its timeout, so an export that comes back is
+    /// found before the requests waiting for it give up.
+    fn backoff_max(&self) -> Duration {
+        (self.timeout / 4).clamp(BACKOFF_MIN, BACKOFF_MAX)
+    }
+
     fn conn(&self, slot: usize) -> &Conn {
         &self.conns[slot]
     }
@@ -286,7 +294,7 @@ impl Export {
                         }
                         Err(e) => {
                             st.retry_at = Some(Instant::now() + st.backoff);
-                            st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
+                            st.backoff = (st.backoff * 2).min(self.backoff_max());
                             tracing::warn!(export = %self.uri, slot = ring.slot(), "reconnecting failed: {e}");
                         }
                     }
