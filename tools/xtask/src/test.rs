@@ -10,6 +10,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The guest side of a boot that runs several test binaries.
+const RUN_TESTS: &str = include_str!("../../vm/run-tests.sh");
+
 pub struct TestOpts {
     pub kernels: Vec<Flavor>,
     pub host: bool,
@@ -55,6 +58,8 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
         for (name, exe) in &built {
             exes.push((name.clone(), copy(exe)?));
         }
+        let script = private.join("run-tests.sh");
+        std::fs::write(&script, RUN_TESTS)?;
         let tests_dir = workspace_root().join("tests");
         // The systemd tests install the package, as a user would.
         const SYSTEMD_TESTS: [&str; 2] = [
@@ -77,6 +82,39 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
         };
         for &flavor in &opts.kernels {
             let k = kernel::ensure(flavor, false)?;
+            // One guest run: `argv` with the tests' environment (plus `env`).
+            let boot = |argv: Vec<String>,
+                        env: Vec<(String, String)>,
+                        pmem: Vec<Pmem>,
+                        sysroot: Option<PathBuf>,
+                        timeout: Duration| {
+                let mut env_all = vec![
+                    // Under xtask a skipped ublk test is a failure.
+                    ("RDM_REQUIRE_UBLK".to_string(), "1".to_string()),
+                    ("RDM_BIN".into(), rdm_bin.display().to_string()),
+                    ("RUST_BACKTRACE".into(), "1".into()),
+                    ("RDM_DEB".into(), deb_path.clone()),
+                ];
+                env_all.extend(env);
+                let cfg = VmConfig {
+                    kernel: k.clone(),
+                    pmem,
+                    icount: false,
+                    timeout,
+                    env: env_all,
+                    // cargo runs integration tests from the package dir.
+                    cwd: tests_dir.clone(),
+                    argv,
+                    stdin_null: true,
+                    sysroot,
+                };
+                match run_in_vm(&cfg) {
+                    Ok(0) => Ok(()),
+                    Ok(code) => Err(anyhow::anyhow!("exit status {code}")),
+                    Err(e) => Err(e),
+                }
+            };
+            // One test binary in a guest of its own.
             let guest = |label: String,
                          exe: &PathBuf,
                          args: &[&str],
@@ -90,45 +128,80 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                     "--show-output".into(),
                 ];
                 argv.extend(args.iter().map(|a| a.to_string()));
-                let cfg = VmConfig {
-                    kernel: k.clone(),
-                    pmem,
-                    icount: false,
-                    timeout: opts.timeout,
-                    env: vec![
-                        // Under xtask a skipped ublk test is a failure.
-                        ("RDM_REQUIRE_UBLK".into(), "1".into()),
-                        ("RDM_BIN".into(), rdm_bin.display().to_string()),
-                        ("RUST_BACKTRACE".into(), "1".into()),
-                        ("RDM_DEB".into(), deb_path.clone()),
-                    ],
-                    // cargo runs integration tests from the package dir.
-                    cwd: tests_dir.clone(),
-                    argv,
-                    stdin_null: true,
-                    sysroot,
-                };
                 let start = Instant::now();
-                let r = match run_in_vm(&cfg) {
-                    Ok(0) => Ok(()),
-                    Ok(code) => Err(anyhow::anyhow!("exit status {code}")),
-                    Err(e) => Err(e),
-                };
+                let r = boot(argv, Vec::new(), pmem, sysroot, opts.timeout);
                 (
                     format!("{label} [{:.0} s]", start.elapsed().as_secs_f64()),
                     r,
                 )
             };
             let kname = format!("guest {} ({})", flavor.name(), k.kver);
-            for (name, exe) in &exes {
-                // Needs systemd as PID 1: booted below.
-                if name == "systemd" {
-                    continue;
+            // Every binary but systemd's (which needs systemd as PID 1,
+            // booted below) in one boot: a boot costs ~20 s of TCG time.
+            // A guest that dies (a kernel panic, the time limit) leaves the
+            // rest to one more boot.
+            let mut todo: Vec<&(String, PathBuf)> =
+                exes.iter().filter(|(n, _)| n != "systemd").collect();
+            for attempt in 1..=2 {
+                if todo.is_empty() {
+                    break;
                 }
-                let filter: Vec<&str> = opts.filter.iter().map(String::as_str).collect();
+                let names: Vec<&str> = todo.iter().map(|(n, _)| n.as_str()).collect();
+                eprintln!("\n=== {kname}: {}", names.join(", "));
+                let results_file = private.join(format!("results-{}-{attempt}", flavor.name()));
+                std::fs::write(&results_file, "")?;
+                let mut argv = vec![
+                    "/bin/sh".to_string(),
+                    script.display().to_string(),
+                    results_file.display().to_string(),
+                    opts.timeout.as_secs().to_string(),
+                ];
+                for (n, exe) in &todo {
+                    argv.push(n.clone());
+                    argv.push(exe.display().to_string());
+                }
+                let env: Vec<(String, String)> = opts
+                    .filter
+                    .iter()
+                    .map(|f| ("RDM_TEST_FILTER".to_string(), f.clone()))
+                    .collect();
                 // Two NVDIMMs: enough for fsdax and devdax at once.
                 let pmem = vec![Pmem::Fresh(512 << 20), Pmem::Fresh(512 << 20)];
-                results.push(guest(format!("{kname}: {name}"), exe, &filter, pmem, None));
+                let limit = opts.timeout * u32::try_from(todo.len()).unwrap_or(u32::MAX);
+                let run = boot(argv, env, pmem, None, limit);
+                let done = std::fs::read_to_string(&results_file).unwrap_or_default();
+                for line in done.lines() {
+                    let mut f = line.split_whitespace();
+                    let (Some(name), Some(status), Some(secs)) = (f.next(), f.next(), f.next())
+                    else {
+                        continue;
+                    };
+                    let r = match status {
+                        "0" => Ok(()),
+                        "124" | "137" => Err(anyhow::anyhow!(
+                            "timed out after {} s (raise it with --timeout)",
+                            opts.timeout.as_secs()
+                        )),
+                        s => Err(anyhow::anyhow!("exit status {s}")),
+                    };
+                    results.push((format!("{kname}: {name} [{secs} s]"), r));
+                    todo.retain(|(n, _)| n != name);
+                }
+                if let Err(e) = &run {
+                    if !todo.is_empty() {
+                        eprintln!("xtask: the guest died ({e:#}); not run: {}", {
+                            let n: Vec<&str> = todo.iter().map(|(n, _)| n.as_str()).collect();
+                            n.join(", ")
+                        });
+                    }
+                }
+                if attempt == 2 || run.is_ok() {
+                    let why = run.err().map(|e| format!("{e:#}"));
+                    for (n, _) in todo.drain(..) {
+                        let e = why.clone().unwrap_or_else(|| "never ran".into());
+                        results.push((format!("{kname}: {n}"), Err(anyhow::anyhow!(e))));
+                    }
+                }
             }
             // The unit and the udev rule under real systemd and udev.
             let systemd = exes.iter().find(|(n, _)| n == "systemd");
