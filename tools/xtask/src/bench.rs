@@ -212,6 +212,7 @@ pub fn run_bench(o: &BenchOpts) -> Result<i32> {
         argv,
         stdin_null: true,
         sysroot: None,
+        prefix: None,
     };
     let status = vm::run_in_vm(&cfg)?;
     write_report(o, &runs_file, Some(t0.elapsed().as_secs_f64()))?;

@@ -198,6 +198,7 @@ fn real_main() -> Result<i32> {
                 cwd: std::env::current_dir().context("cannot get the current directory")?,
                 stdin_null: systemd,
                 argv: cmd,
+                prefix: None,
                 sysroot: if systemd {
                     Some(sysroot::ensure()?)
                 } else {
@@ -307,6 +308,7 @@ fn demo(kernel: Flavor) -> Result<i32> {
         argv: vec!["bash".into(), script.display().to_string()],
         stdin_null: true,
         sysroot: None,
+        prefix: None,
     };
     vm::run_in_vm(&cfg)
 }

@@ -80,8 +80,23 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
             Some(Ok(p)) => p.display().to_string(),
             _ => String::new(),
         };
-        for &flavor in &opts.kernels {
-            let k = kernel::ensure(flavor, false)?;
+        // The kernels and the systemd root first; then each kernel's guests
+        // run in a thread of their own, side by side (a guest keeps about one
+        // of the host's CPUs busy), their console lines prefixed.
+        let kernels = opts
+            .kernels
+            .iter()
+            .map(|&f| kernel::ensure(f, false).map(|k| (f, k)))
+            .collect::<Result<Vec<_>>>()?;
+        let sysroot_ready: Option<Result<PathBuf, String>> = deb.as_ref().map(|d| match d {
+            Ok(_) => sysroot::ensure().map_err(|e| format!("{e:#}")),
+            Err(e) => Err(format!("cargo xtask deb: {e}")),
+        });
+        let side_by_side = kernels.len() > 1;
+        let per_kernel = |flavor: Flavor, k: &kernel::Kernel| -> Vec<(String, Result<()>)> {
+            let mut results: Vec<(String, Result<()>)> = Vec::new();
+            let prefix = side_by_side.then(|| format!("[{}] ", flavor.name()));
+            let pfx = prefix.clone().unwrap_or_default();
             // One guest run: `argv` with the tests' environment (plus `env`).
             let boot = |argv: Vec<String>,
                         env: Vec<(String, String)>,
@@ -98,6 +113,7 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                 env_all.extend(env);
                 let cfg = VmConfig {
                     kernel: k.clone(),
+                    prefix: prefix.clone(),
                     pmem,
                     icount: false,
                     timeout,
@@ -120,7 +136,7 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                          args: &[&str],
                          pmem: Vec<Pmem>,
                          sysroot: Option<PathBuf>| {
-                eprintln!("\n=== {label}");
+                eprintln!("\n{p}=== {label}", p = pfx);
                 let mut argv = vec![
                     exe.display().to_string(),
                     "--test-threads=1".into(),
@@ -147,9 +163,15 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                     break;
                 }
                 let names: Vec<&str> = todo.iter().map(|(n, _)| n.as_str()).collect();
-                eprintln!("\n=== {kname}: {}", names.join(", "));
+                eprintln!("\n{pfx}=== {kname}: {}", names.join(", "));
                 let results_file = private.join(format!("results-{}-{attempt}", flavor.name()));
-                std::fs::write(&results_file, "")?;
+                if let Err(e) = std::fs::write(&results_file, "") {
+                    results.push((
+                        format!("{kname}: {}", results_file.display()),
+                        Err(e.into()),
+                    ));
+                    return results;
+                }
                 let mut argv = vec![
                     "/bin/sh".to_string(),
                     script.display().to_string(),
@@ -189,7 +211,7 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                 }
                 if let Err(e) = &run {
                     if !todo.is_empty() {
-                        eprintln!("xtask: the guest died ({e:#}); not run: {}", {
+                        eprintln!("{pfx}xtask: the guest died ({e:#}); not run: {}", {
                             let n: Vec<&str> = todo.iter().map(|(n, _)| n.as_str()).collect();
                             n.join(", ")
                         });
@@ -207,9 +229,10 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
             let systemd = exes.iter().find(|(n, _)| n == "systemd");
             if let Some(((_, exe), deb)) = systemd.zip(deb.as_ref()) {
                 let label = format!("{kname}: systemd");
-                let ready = match deb {
-                    Ok(_) => sysroot::ensure(),
-                    Err(e) => Err(anyhow::anyhow!("cargo xtask deb: {e}")),
+                let ready = match sysroot_ready.as_ref() {
+                    Some(Ok(root)) => Ok(root.clone()),
+                    Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+                    None => Err(anyhow::anyhow!("cargo xtask deb: {deb:?}")),
                 };
                 match ready {
                     Ok(root) => {
@@ -240,7 +263,7 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                         format!("{kname}: persistence"),
                         Err(anyhow::anyhow!("{}: {e}", img.display())),
                     ));
-                    continue;
+                    return results;
                 }
                 for phase in [
                     "persist_phase1_write_then_hard_stop",
@@ -260,6 +283,23 @@ pub fn run_tests(opts: &TestOpts) -> Result<()> {
                     }
                 }
             }
+            results
+        };
+        let runs: Vec<Vec<(String, Result<()>)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = kernels
+                .iter()
+                .map(|(f, k)| {
+                    let per_kernel = &per_kernel;
+                    s.spawn(move || per_kernel(*f, k))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a guest thread panicked"))
+                .collect()
+        });
+        for r in runs {
+            results.extend(r);
         }
     }
     eprintln!("\n=== summary");

@@ -54,6 +54,8 @@ pub struct VmConfig {
     pub stdin_null: bool,
     /// Boot systemd as PID 1 from this root (see [`crate::sysroot`]).
     pub sysroot: Option<PathBuf>,
+    /// Start every console line with this (guests running side by side).
+    pub prefix: Option<String>,
 }
 
 /// Boots the guest and returns the command's exit status.
@@ -63,7 +65,10 @@ pub fn run_in_vm(cfg: &VmConfig) -> Result<i32> {
     }
     let runs = cache_dir().join("run");
     remove_stale_runs(&runs);
-    let run_dir = runs.join(format!("{}", std::process::id()));
+    // One directory per boot: guests of one xtask may run side by side.
+    static BOOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let run_dir = runs.join(format!("{}-{n}", std::process::id()));
     let _ = fs::remove_dir_all(&run_dir);
     let ctl = run_dir.join("ctl");
     let mut attempt = 1;
@@ -189,16 +194,31 @@ fn boot(cfg: &VmConfig, run_dir: &Path, ctl: &Path) -> Result<i32> {
     let panic_line: Arc<Mutex<Option<String>>> = Arc::default();
     let reader = {
         let panic_line = Arc::clone(&panic_line);
+        let prefix = cfg.prefix.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             let mut tail: Vec<u8> = Vec::new();
+            let mut line: Vec<u8> = Vec::new();
             let stdout = std::io::stdout();
             while let Ok(n) = out.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
                 let mut o = stdout.lock();
-                let _ = o.write_all(&buf[..n]);
+                match &prefix {
+                    None => {
+                        let _ = o.write_all(&buf[..n]);
+                    }
+                    // Whole lines only, so two guests' lines never mix.
+                    Some(p) => {
+                        line.extend_from_slice(&buf[..n]);
+                        while let Some(i) = line.iter().position(|&b| b == b'\n') {
+                            let _ = o.write_all(p.as_bytes());
+                            let _ = o.write_all(&line[..=i]);
+                            line.drain(..=i);
+                        }
+                    }
+                }
                 let _ = o.flush();
                 tail.extend_from_slice(&buf[..n]);
                 if let Some(line) = find_panic(&tail) {
@@ -207,6 +227,10 @@ fn boot(cfg: &VmConfig, run_dir: &Path, ctl: &Path) -> Result<i32> {
                 // Keep enough to see a panic line split across reads.
                 let keep = tail.len().saturating_sub(256);
                 tail.drain(..keep);
+            }
+            if let (Some(p), false) = (&prefix, line.is_empty()) {
+                let mut o = stdout.lock();
+                let _ = writeln!(o, "{p}{}", String::from_utf8_lossy(&line));
             }
         })
     };
@@ -470,7 +494,7 @@ fn remove_stale_runs(runs: &Path) {
         let name = e.file_name();
         let alive = name
             .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
+            .and_then(|n| n.split('-').next()?.parse::<u32>().ok())
             .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
         if !alive {
             let _ = fs::remove_dir_all(e.path());
