@@ -649,3 +649,42 @@ fn discard_punches_and_write_zeroes_zeroes() {
         dev.remove();
     }
 }
+
+/// The I/O scheduler the block device has now.
+fn scheduler_of(dev: &Device) -> String {
+    let node = dev.bdev_str().trim_start_matches("/dev/");
+    let all = std::fs::read_to_string(format!("/sys/block/{node}/queue/scheduler")).unwrap();
+    all.split_whitespace()
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+        .unwrap_or_else(|| panic!("no current scheduler in {all:?}"))
+        .to_string()
+}
+
+#[test]
+fn io_scheduler_is_none_unless_asked() {
+    if !require_ublk() {
+        return;
+    }
+    let s = Scratch::new("life-sched");
+    let a = s.file("a.img", 4 * MIB);
+    let table = format!("0 8192 linear {a} 0");
+    let dev = Device::create("life-sched", &table, &[]);
+    assert_eq!(scheduler_of(&dev), "none", "the default");
+    dev.remove();
+    // One queue: the kernel would give it mq-deadline.
+    let dev = Device::create("life-sched", &table, &["--scheduler", "kernel"]);
+    assert_eq!(scheduler_of(&dev), "mq-deadline", "--scheduler kernel");
+    dev.remove();
+    let dev = Device::create("life-sched", &table, &["--scheduler", "mq-deadline"]);
+    assert_eq!(scheduler_of(&dev), "mq-deadline");
+    dev.remove();
+    let out = rdm(&[
+        "create",
+        "life-sched",
+        "--scheduler",
+        "No Such",
+        "--table",
+        &table,
+    ]);
+    assert_eq!(out.code, 2, "{out}");
+}

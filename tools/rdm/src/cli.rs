@@ -228,6 +228,24 @@ pub struct CreateArgs {
     /// the queue's tags (UBLK_F_PER_IO_DAEMON, Linux 6.16+).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub io_threads: u16,
+    /// The block device's I/O scheduler, set once it is live: `none` (the
+    /// server does its own queueing; what measured best), another name
+    /// from /sys/block/ublkbN/queue/scheduler, or `kernel` to keep the
+    /// kernel's choice (mq-deadline for one queue).
+    #[arg(long, value_name = "NAME", default_value = "none", value_parser = parse_scheduler)]
+    pub scheduler: String,
+}
+
+fn parse_scheduler(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("a scheduler name: lowercase letters, digits, - and _".into())
+    }
 }
 
 fn parse_block_size(s: &str) -> Result<u32, String> {

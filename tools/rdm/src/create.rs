@@ -215,6 +215,8 @@ pub fn recover(name: &str, json: bool, foreground: bool) -> Result<(), CliError>
         nbd_timeout: st.nbd_timeout.unwrap_or(30),
         batch_io: st.batch_io,
         io_threads: st.io_threads.unwrap_or(1),
+        // The block device, and the scheduler it was given, outlive the server.
+        scheduler: "kernel".into(),
     };
     if foreground {
         crate::serve::foreground(&args, table)

@@ -94,6 +94,7 @@ pub fn foreground(args: &CreateArgs, table: Table) -> Result<(), CliError> {
         nbd_timeout: std::time::Duration::from_secs(args.nbd_timeout),
         batch_io: args.batch_io,
         io_threads: args.io_threads,
+        scheduler: (args.scheduler != "kernel").then(|| args.scheduler.clone()),
     };
     server::serve(cfg, on_live).map_err(|e| {
         let code = exit_code(&e);
@@ -180,6 +181,7 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
     .args(["--recovery", args.recovery.name()])
     .args(["--nbd-timeout", &args.nbd_timeout.to_string()])
     .args(["--io-threads", &args.io_threads.to_string()])
+    .args(["--scheduler", &args.scheduler])
     .env(READY_ENV, READY_FD.to_string())
     .stdin(Stdio::null())
     .stdout(
