@@ -1,0 +1,64 @@
+#!/bin/sh
+# In-guest profiles: where the guest instructions go, by command, DSO and
+# symbol (cpu-clock under -icount counts instructions). From the tree:
+#   cargo build --release && cargo xtask vm --kernel latest --icount \
+#     --pmem-image PMEM.img -- tools/perf/profile-qd1.sh
+# (the pmem part needs an NVDIMM with a namespace, e.g. a copy of
+# target/bench/pmem-latest.img). Results in target/prof/.
+ROOT=$(pwd)
+R=${RDM:-$ROOT/target/release/rdm}
+OUT=$ROOT/target/prof
+mkdir -p "$OUT"
+cd /tmp
+echo 0 > /proc/sys/kernel/kptr_restrict
+echo -1 > /proc/sys/kernel/perf_event_paranoid
+truncate -s 256M /tmp/lin.img
+QD1="--rw=randread --bs=4k --iodepth=1"
+W64="--rw=write --bs=64k --iodepth=8"
+job() { dev=$1; secs=$2; shift 2; fio --name=j --filename=$dev "$@" --ioengine=io_uring --direct=1 --time_based --runtime=$secs --size=128M --randseed=1 --output-format=terse --terse-version=3 | awk -F';' '{print "read_iops", $8, "read_lat_mean_us", $40, "write_iops", $49, "write_lat_mean_us", $81}'; }
+prof() {
+  tag=$1; dev=$2; shift 2
+  job $dev 1 "$@" >/dev/null
+  job $dev 2 "$@" > $OUT/$tag.fio
+  perf record -q -a -e cpu-clock -c 100000 -o /tmp/$tag.data -- fio --name=j --filename=$dev "$@" --ioengine=io_uring --direct=1 --time_based --runtime=2 --size=128M --randseed=1 >/dev/null 2>&1
+  perf report -i /tmp/$tag.data --sort comm,dso --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -30 > $OUT/$tag.dso
+  perf report -i /tmp/$tag.data --sort sym --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -70 > $OUT/$tag.sym
+  perf report -i /tmp/$tag.data --sort comm --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -20 > $OUT/$tag.comm
+}
+L=$(losetup -f --show --direct-io=on /tmp/lin.img)
+echo "0 262144 linear $L 0" | dmsetup create plin
+prof dm-linear /dev/mapper/plin $QD1
+dmsetup remove plin; losetup -d $L
+$R create prof --table "0 262144 linear /tmp/lin.img 0" --zero-copy on --dax off >/dev/null
+sleep 1
+prof rdm-zc /dev/ublkb0 $QD1
+$R remove prof
+$R create prof --table "0 262144 linear /tmp/lin.img 0" --zero-copy off --dax off >/dev/null
+sleep 1
+prof rdm-copy /dev/ublkb0 $QD1
+$R remove prof
+echo qd1-done
+if [ -e /dev/pmem0 ]; then
+  mkdir -p /tmp/pm
+  mkfs.ext4 -q -F -b 4096 /dev/pmem0 && mount -o dax /dev/pmem0 /tmp/pm
+  dd if=/dev/zero of=/tmp/pm/f.img bs=1M count=128 oflag=direct status=none
+  $R create prof --table "0 262144 linear /tmp/pm/f.img 0" --dax required >/dev/null
+  sleep 1
+  prof dax-w64 /dev/ublkb0 $W64
+  $R remove prof
+  $R create prof --table "0 262144 linear /tmp/pm/f.img 0" --dax off --zero-copy on >/dev/null
+  sleep 1
+  prof zc-pmem-w64 /dev/ublkb0 $W64
+  $R remove prof
+  echo pmem-done
+fi
+# What a create + remove costs (the tests do hundreds).
+for B in $ROOT/target/debug/rdm $R; do
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  for i in 1 2 3; do $B create prof --table "0 262144 linear /tmp/lin.img 0" >/dev/null; $B remove prof; done
+  t1=$(cut -d' ' -f1 /proc/uptime)
+  for i in 1 2 3 4 5 6 7 8 9 10; do $B ls >/dev/null; done
+  t2=$(cut -d' ' -f1 /proc/uptime)
+  echo "$B: 3 create+remove $t0..$t1, 10 ls $t1..$t2" >> $OUT/cli.txt
+done
+echo cli-done
