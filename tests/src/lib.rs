@@ -745,27 +745,10 @@ impl BackgroundVerify {
     /// Waits for fio; panics with its output unless it ended with no I/O
     /// error and no verification failure.
     pub fn assert_clean(self, what: &str) {
-        self.finish(what, false);
-    }
-
-    /// Lets fio run `settle` longer (over what just happened), then stops
-    /// it (SIGINT: it completes and verifies what is in flight) and checks
-    /// as [`BackgroundVerify::assert_clean`] does. For a run started with
-    /// an `io_size` larger than the test needs.
-    pub fn stop_clean(self, settle: Duration, what: &str) {
-        std::thread::sleep(settle);
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.finish(what, true);
-    }
-
-    fn finish(self, what: &str, stopped: bool) {
         let out = self.child.wait_with_output().expect("fio");
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
-        // fio exits with 128 when a signal ended the run.
-        let ok = out.status.success() || (stopped && out.status.code() == Some(128));
-        assert!(ok, "fio {what} ({}): {text}", out.status);
+        assert!(out.status.success(), "fio {what}: {text}");
         assert!(text.contains("err= 0"), "fio {what} reports errors: {text}");
         assert!(!text.contains("verify: bad"), "fio {what}: {text}");
     }
