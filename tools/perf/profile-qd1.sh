@@ -13,6 +13,11 @@ cd /tmp
 echo 0 > /proc/sys/kernel/kptr_restrict
 echo -1 > /proc/sys/kernel/perf_event_paranoid
 truncate -s 256M /tmp/lin.img
+# The sampling period, in guest ns (= instructions under icount): a prime
+# near no multiple of a request's cycle. icount makes a QD1 loop exactly
+# periodic, and a round period (100 us) against a ~50 us request sampled
+# the same few phases of it over and over.
+PERIOD=${PERIOD:-37013}
 QD1="--rw=randread --bs=4k --iodepth=1"
 W64="--rw=write --bs=64k --iodepth=8"
 job() { dev=$1; secs=$2; shift 2; fio --name=j --filename=$dev "$@" --ioengine=io_uring --direct=1 --time_based --runtime=$secs --size=128M --randseed=1 --output-format=terse --terse-version=3 | awk -F';' '{print "read_iops", $8, "read_lat_mean_us", $40, "write_iops", $49, "write_lat_mean_us", $81}'; }
@@ -20,7 +25,7 @@ prof() {
   tag=$1; dev=$2; shift 2
   job $dev 1 "$@" >/dev/null
   job $dev 2 "$@" > $OUT/$tag.fio
-  perf record -q -a -e cpu-clock -c 100000 -o /tmp/$tag.data -- fio --name=j --filename=$dev "$@" --ioengine=io_uring --direct=1 --time_based --runtime=2 --size=128M --randseed=1 >/dev/null 2>&1
+  perf record -q -a -e cpu-clock -c $PERIOD -o /tmp/$tag.data -- fio --name=j --filename=$dev "$@" --ioengine=io_uring --direct=1 --time_based --runtime=2 --size=128M --randseed=1 >/dev/null 2>&1
   perf report -i /tmp/$tag.data --sort comm,dso --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -30 > $OUT/$tag.dso
   perf report -i /tmp/$tag.data --sort sym --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -70 > $OUT/$tag.sym
   perf report -i /tmp/$tag.data --sort comm --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -20 > $OUT/$tag.comm
