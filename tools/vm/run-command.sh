@@ -22,6 +22,8 @@ run_command() {
 	) <"$1" >/dev/console 2>&1
 	status=$?
 	echo "$status" >"$CTL/status.tmp" && mv "$CTL/status.tmp" "$CTL/status"
+	# Also what the command wrote in the tree, whose 9p mount caches
+	# writes (cache=loose), reaches the host before the power goes.
 	sync
 	# Keep "reboot: Power down" and the like out of the command's output.
 	echo 0 >/proc/sys/kernel/printk
