@@ -80,13 +80,17 @@ pub(crate) fn run(ring: RingId, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode)
         }));
     }
 
-    // libublk's event loop, with a 1 s tick so that a stop which never
-    // delivers the abort cannot hang the thread.
+    // libublk's event loop. It waits for completions only: whatever else
+    // must wake it (a stop, a resume, a table swap) rings the doorbell.
+    // Once stopping it ticks every second, so that a stop which never
+    // delivers the abort cannot hang the thread. (A timeout on every wait
+    // arms and cancels an hrtimer per sleep: 2-2.5 % of 4 KiB QD1 IOPS.)
     let mut stopping_since: Option<Instant> = None;
     while exe.try_tick() {}
     loop {
-        let ts = types::Timespec::new().sec(1);
-        let (timed_out, down) = match uring_poll_io_fn::<squeue::Entry>(&q, Some(ts), 1) {
+        let stopping = STOPPING.load(Ordering::SeqCst) || FORCE_EXIT.load(Ordering::SeqCst);
+        let ts = stopping.then(|| types::Timespec::new().sec(1));
+        let (timed_out, down) = match uring_poll_io_fn::<squeue::Entry>(&q, ts, 1) {
             Ok(t) => (t, false),
             Err(_) => (false, true),
         };

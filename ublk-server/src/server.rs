@@ -931,6 +931,7 @@ fn run_queues(
         // their rings so that the device can be deleted (a new one) or
         // go back to waiting (a recovery: never deleted here).
         FORCE_EXIT.store(true, Ordering::SeqCst);
+        gate.ring_all();
         if !cfg.recover {
             let _ = ctrl.kill_dev();
             let _ = ctrl.del_dev();
