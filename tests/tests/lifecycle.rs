@@ -687,4 +687,21 @@ fn io_scheduler_is_none_unless_asked() {
         &table,
     ]);
     assert_eq!(out.code, 2, "{out}");
+    // Well-formed, but a scheduler this kernel does not have: the create
+    // fails naming the device, the sysfs file and the name, and leaves no
+    // device and no state behind.
+    let before = ublk_nodes();
+    let out = rdm(&[
+        "create",
+        "life-sched",
+        "--scheduler",
+        "nosuch-sched",
+        "--table",
+        &table,
+    ]);
+    assert_eq!(out.code, 1, "{out}");
+    for part in ["life-sched", "nosuch-sched", "/queue/scheduler"] {
+        assert!(out.stderr.contains(part), "{part} not named: {out}");
+    }
+    assert_no_trace("life-sched", &before);
 }

@@ -113,6 +113,13 @@ pub enum ServerError {
     },
     #[error("{name}: {msg}")]
     Recovery { name: String, msg: String },
+    #[error("{name}: cannot set the I/O scheduler {scheduler:?} in {path}: {cause} (the device was removed; `--scheduler kernel` keeps the kernel's)")]
+    Scheduler {
+        name: String,
+        scheduler: String,
+        path: String,
+        cause: std::io::Error,
+    },
     #[error("{name}: ublk {op} failed: {cause}")]
     Ublk {
         name: String,
@@ -289,7 +296,15 @@ pub fn serve(
     if let Some(a) = &added {
         a.disarm();
     }
-    served?;
+    // A device refused its scheduler started and then stopped like any
+    // other: it is deleted below, and the create fails after.
+    let refused = match served {
+        Err(e @ ServerError::Scheduler { .. }) => Some(e),
+        other => {
+            other?;
+            None
+        }
+    };
     // Stopped: the block device is gone and in-flight I/O has drained.
     if let Err((p, e)) = gate.active().sync() {
         tracing::error!(path = %p.display(), "fdatasync after stop failed: {e}");
@@ -298,7 +313,7 @@ pub fn serve(
         .map_err(|e| ublk_err(&cfg.name, "DEL_DEV", e))?;
     tracing::info!("device removed");
     drop(guard);
-    Ok(())
+    refused.map_or(Ok(()), Err)
 }
 
 /// A device a user (not root) creates is an unprivileged ublk device: the
@@ -765,13 +780,17 @@ fn add_device(
 /// QD32 40 % of its IOPS here (the server queues for itself); failing to
 /// change it (an unprivileged server, a name the kernel lacks) is logged,
 /// not fatal: the device works either way.
-fn set_scheduler(bdev: &str, name: &str) {
+fn set_scheduler(dev: &str, bdev: &str, scheduler: &str) -> Result<(), ServerError> {
     let node = bdev.rsplit('/').next().unwrap_or(bdev);
     let path = format!("/sys/block/{node}/queue/scheduler");
-    match std::fs::write(&path, name) {
-        Ok(()) => tracing::debug!(%path, name, "I/O scheduler set"),
-        Err(e) => tracing::warn!(%path, name, "cannot set the I/O scheduler: {e}"),
-    }
+    std::fs::write(&path, scheduler).map_err(|cause| ServerError::Scheduler {
+        name: dev.to_string(),
+        scheduler: scheduler.to_string(),
+        path: path.clone(),
+        cause,
+    })?;
+    tracing::debug!(%path, scheduler, "I/O scheduler set");
+    Ok(())
 }
 
 /// Whether the DAX path moves request data with USER_COPY (one kernel copy
@@ -895,6 +914,8 @@ fn run_queues(
     let device = Arc::new(device);
     // Held until the device has stopped; the control socket has a Weak.
     let served = device.clone();
+    let scheduler_error = Arc::new(std::sync::Mutex::new(None));
+    let refused = scheduler_error.clone();
     let device_fn = move |c: &UblkCtrl| {
         let live = Live {
             dev_id: c.dev_info().dev_id,
@@ -902,8 +923,15 @@ fn run_queues(
             mode,
             dax_note,
         };
+        // A scheduler the kernel refuses fails the create: the device
+        // never goes live and is removed, as for any other bad argument.
         if let Some(s) = &device.cfg.scheduler {
-            set_scheduler(&live.bdev, s);
+            if let Err(e) = set_scheduler(&device.cfg.name, &live.bdev, s) {
+                tracing::error!("{e}");
+                *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                device.stopper.stop();
+                return;
+            }
         }
         let started = device.went_live(&live).and_then(|()| {
             // Weak: the socket thread outlives the device, whose drop
@@ -940,7 +968,11 @@ fn run_queues(
     }
     drop(served);
     drop(aux);
-    Ok(())
+    let refused = scheduler_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    refused.map_or(Ok(()), Err)
 }
 
 /// libublk's `run_target`, except for one case: a device recovered from

@@ -230,8 +230,9 @@ pub struct CreateArgs {
     pub io_threads: u16,
     /// The block device's I/O scheduler, set once it is live: `none` (the
     /// server does its own queueing; what measured best), another name
-    /// from /sys/block/ublkbN/queue/scheduler, or `kernel` to keep the
-    /// kernel's choice (mq-deadline for one queue).
+    /// from /sys/block/ublkbN/queue/scheduler (one the kernel refuses
+    /// fails the create), or `kernel` to keep the kernel's choice
+    /// (mq-deadline for one queue).
     #[arg(long, value_name = "NAME", default_value = "none", value_parser = parse_scheduler)]
     pub scheduler: String,
 }
