@@ -783,13 +783,21 @@ fn add_device(
 fn set_scheduler(dev: &str, bdev: &str, scheduler: &str) -> Result<(), ServerError> {
     let node = bdev.rsplit('/').next().unwrap_or(bdev);
     let path = format!("/sys/block/{node}/queue/scheduler");
-    std::fs::write(&path, scheduler).map_err(|cause| ServerError::Scheduler {
-        name: dev.to_string(),
-        scheduler: scheduler.to_string(),
-        path: path.clone(),
-        cause,
-    })?;
-    tracing::debug!(%path, scheduler, "I/O scheduler set");
+    match std::fs::write(&path, scheduler) {
+        Ok(()) => tracing::debug!(%path, scheduler, "I/O scheduler set"),
+        // Only root may write it: a user's device keeps the kernel's.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            tracing::warn!(%path, scheduler, "cannot set the I/O scheduler: {e}");
+        }
+        Err(cause) => {
+            return Err(ServerError::Scheduler {
+                name: dev.to_string(),
+                scheduler: scheduler.to_string(),
+                path,
+                cause,
+            })
+        }
+    }
     Ok(())
 }
 
