@@ -81,7 +81,8 @@ pub(crate) fn run(ring: RingId, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode)
     }
 
     // libublk's event loop. It waits for completions only: whatever else
-    // must wake it (a stop, a resume, a table swap) rings the doorbell.
+    // must wake it (a stop, a failed start, a resume, a table swap) rings
+    // the doorbell.
     // Once stopping it ticks every second, so that a stop which never
     // delivers the abort cannot hang the thread. (A timeout on every wait
     // arms and cancels an hrtimer per sleep: 2-2.5 % of 4 KiB QD1 IOPS.)

@@ -775,11 +775,11 @@ fn add_device(
     Ok((ctrl, mode, raw))
 }
 
-/// Gives block device `bdev` the I/O scheduler `name`. A one-queue blk-mq
-/// device gets mq-deadline from the kernel, which cost 4 KiB random I/O at
-/// QD32 40 % of its IOPS here (the server queues for itself); failing to
-/// change it (an unprivileged server, a name the kernel lacks) is logged,
-/// not fatal: the device works either way.
+/// Gives device `dev`'s block device `bdev` the I/O scheduler `scheduler`.
+/// A one-queue blk-mq device gets mq-deadline from the kernel, which cost
+/// 4 KiB random I/O at QD32 40 % of its IOPS here (the server queues for
+/// itself). An unprivileged server may not change it: that is logged, and
+/// the device keeps the kernel's. A name the kernel refuses is an error.
 fn set_scheduler(dev: &str, bdev: &str, scheduler: &str) -> Result<(), ServerError> {
     let node = bdev.rsplit('/').next().unwrap_or(bdev);
     let path = format!("/sys/block/{node}/queue/scheduler");
@@ -922,7 +922,8 @@ fn run_queues(
     let device = Arc::new(device);
     // Held until the device has stopped; the control socket has a Weak.
     let served = device.clone();
-    let scheduler_error = Arc::new(std::sync::Mutex::new(None));
+    // device_fn runs on this thread, before run_target returns.
+    let scheduler_error = std::rc::Rc::new(std::cell::Cell::new(None));
     let refused = scheduler_error.clone();
     let device_fn = move |c: &UblkCtrl| {
         let live = Live {
@@ -936,7 +937,7 @@ fn run_queues(
         if let Some(s) = &device.cfg.scheduler {
             if let Err(e) = set_scheduler(&device.cfg.name, &live.bdev, s) {
                 tracing::error!("{e}");
-                *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                refused.set(Some(e));
                 device.stopper.stop();
                 return;
             }
@@ -976,11 +977,7 @@ fn run_queues(
     }
     drop(served);
     drop(aux);
-    let refused = scheduler_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    refused.map_or(Ok(()), Err)
+    scheduler_error.take().map_or(Ok(()), Err)
 }
 
 /// libublk's `run_target`, except for one case: a device recovered from
