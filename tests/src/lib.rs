@@ -280,8 +280,7 @@ pub fn ublk_nodes() -> BTreeSet<String> {
 /// or socket in the run directory, no ublk nodes beyond `nodes_before`.
 pub fn assert_no_trace(name: &str, nodes_before: &BTreeSet<String>) {
     assert_eq!(ls_entry(name), None, "`rdm ls` still lists {name}");
-    let run =
-        std::env::var_os("RDM_RUN_DIR").map_or_else(|| PathBuf::from("/run/rdm"), PathBuf::from);
+    let run = run_dir();
     for ext in ["json", "sock", "lock"] {
         let p = run.join(format!("{name}.{ext}"));
         assert!(!p.exists(), "stale {} left behind", p.display());
@@ -289,6 +288,11 @@ pub fn assert_no_trace(name: &str, nodes_before: &BTreeSet<String>) {
     let now = ublk_nodes();
     let extra: Vec<_> = now.difference(nodes_before).collect();
     assert!(extra.is_empty(), "orphan ublk nodes: {extra:?}");
+}
+
+/// Where rdm keeps each device's state, socket, lock and log.
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("RDM_RUN_DIR").map_or_else(|| PathBuf::from("/run/rdm"), PathBuf::from)
 }
 
 /// Waits until `path` is gone.
@@ -393,8 +397,8 @@ impl Device {
         self.removed = true;
         let out = rdm(&["remove", &self.name]);
         if !out.ok() {
-            let log =
-                std::fs::read_to_string(format!("/run/rdm/{}.log", self.name)).unwrap_or_default();
+            let log = std::fs::read_to_string(run_dir().join(format!("{}.log", self.name)))
+                .unwrap_or_default();
             panic!("rdm remove {} failed: {out}\nserver log:\n{log}", self.name);
         }
         assert!(
@@ -890,7 +894,8 @@ impl Watchdog {
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            let log = std::fs::read_to_string(format!("/run/rdm/{name}.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(run_dir().join(format!("{name}.log"))).unwrap_or_default();
             let ps = Command::new("ps")
                 .args(["-eo", "pid,stat,wchan:24,etime,args"])
                 .output()

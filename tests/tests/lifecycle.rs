@@ -705,3 +705,34 @@ fn io_scheduler_is_none_unless_asked() {
     }
     assert_no_trace("life-sched", &before);
 }
+
+/// A started device that cannot go live (here its control socket cannot
+/// be bound: a directory is in its place) fails the create, naming the
+/// device, the path and the cause, and is removed: no device, no state.
+#[test]
+fn a_device_that_cannot_go_live_fails_the_create_and_is_removed() {
+    if !require_ublk() {
+        return;
+    }
+    let s = Scratch::new("life-notlive");
+    let a = s.file("a.img", 4 * MIB);
+    let sock = run_dir().join("life-notlive.sock");
+    std::fs::create_dir_all(&sock).unwrap();
+    let before = ublk_nodes();
+    let out = rdm(&[
+        "create",
+        "life-notlive",
+        "--table",
+        &format!("0 8192 linear {a} 0"),
+    ]);
+    std::fs::remove_dir(&sock).unwrap();
+    assert_eq!(out.code, 1, "{out}");
+    let sock = sock.display().to_string();
+    for part in ["life-notlive", sock.as_str(), "the device was removed"] {
+        assert!(out.stderr.contains(part), "{part} not named: {out}");
+    }
+    assert_no_trace("life-notlive", &before);
+    // The name is free again.
+    let dev = Device::create("life-notlive", &format!("0 8192 linear {a} 0"), &[]);
+    dev.remove();
+}

@@ -120,6 +120,8 @@ pub enum ServerError {
         path: String,
         cause: std::io::Error,
     },
+    #[error("{name}: {source} (the device was removed)")]
+    NotLive { name: String, source: ControlError },
     #[error("{name}: ublk {op} failed: {cause}")]
     Ublk {
         name: String,
@@ -296,15 +298,10 @@ pub fn serve(
     if let Some(a) = &added {
         a.disarm();
     }
-    // A device refused its scheduler started and then stopped like any
-    // other: it is deleted below, and the create fails after.
-    let refused = match served {
-        Err(e @ ServerError::Scheduler { .. }) => Some(e),
-        other => {
-            other?;
-            None
-        }
-    };
+    // A device that started but could not go live (its scheduler refused,
+    // its state or control socket not written) stopped like any other: it
+    // is deleted below, and the create fails after.
+    let not_live = served?;
     // Stopped: the block device is gone and in-flight I/O has drained.
     if let Err((p, e)) = gate.active().sync() {
         tracing::error!(path = %p.display(), "fdatasync after stop failed: {e}");
@@ -313,7 +310,7 @@ pub fn serve(
         .map_err(|e| ublk_err(&cfg.name, "DEL_DEV", e))?;
     tracing::info!("device removed");
     drop(guard);
-    refused.map_or(Ok(()), Err)
+    not_live.map_or(Ok(()), Err)
 }
 
 /// A device a user (not root) creates is an unprivileged ublk device: the
@@ -883,7 +880,7 @@ fn run_queues(
     aux: [File; 2],
     mode: DataMode,
     on_live: impl FnOnce(&Live) + Send + Sync + 'static,
-) -> Result<(), ServerError> {
+) -> Result<Option<ServerError>, ServerError> {
     let gate = device.gate.clone();
     let active = gate.active();
     // Every slot registered, the unused ones empty (-1): a reloaded table
@@ -923,8 +920,8 @@ fn run_queues(
     // Held until the device has stopped; the control socket has a Weak.
     let served = device.clone();
     // device_fn runs on this thread, before run_target returns.
-    let scheduler_error = std::rc::Rc::new(std::cell::Cell::new(None));
-    let refused = scheduler_error.clone();
+    let not_live = std::rc::Rc::new(std::cell::Cell::new(None));
+    let why_not_live = not_live.clone();
     let device_fn = move |c: &UblkCtrl| {
         let live = Live {
             dev_id: c.dev_info().dev_id,
@@ -932,26 +929,9 @@ fn run_queues(
             mode,
             dax_note,
         };
-        // A scheduler the kernel refuses fails the create: the device
-        // never goes live and is removed, as for any other bad argument.
-        if let Some(s) = &device.cfg.scheduler {
-            if let Err(e) = set_scheduler(&device.cfg.name, &live.bdev, s) {
-                tracing::error!("{e}");
-                refused.set(Some(e));
-                device.stopper.stop();
-                return;
-            }
-        }
-        let started = device.went_live(&live).and_then(|()| {
-            // Weak: the socket thread outlives the device, whose drop
-            // (with the state guard's) is the end of a stop.
-            let d = Arc::downgrade(&device);
-            control::serve_socket(&device.cfg.name, move |req| match d.upgrade() {
-                Some(d) => d.answer(req),
-                None => serde_json::json!({ "error": "the device is being removed" }),
-            })
-        });
-        match started {
+        // Anything that keeps the started device from going live fails the
+        // create: the device is stopped and removed, as for a bad argument.
+        match go_live(&device, &live) {
             Ok(()) => {
                 device.guard.settle();
                 tracing::info!(bdev = %live.bdev, "device is live");
@@ -959,6 +939,7 @@ fn run_queues(
             }
             Err(e) => {
                 tracing::error!("{e}");
+                why_not_live.set(Some(e));
                 device.stopper.stop();
             }
         }
@@ -977,7 +958,29 @@ fn run_queues(
     }
     drop(served);
     drop(aux);
-    scheduler_error.take().map_or(Ok(()), Err)
+    Ok(not_live.take())
+}
+
+/// What a started device needs before it is live: its scheduler, its
+/// state recorded as live, and its control socket.
+fn go_live(device: &Arc<Device>, live: &Live) -> Result<(), ServerError> {
+    let name = &device.cfg.name;
+    if let Some(s) = &device.cfg.scheduler {
+        set_scheduler(name, &live.bdev, s)?;
+    }
+    let not_live = |source| ServerError::NotLive {
+        name: name.clone(),
+        source,
+    };
+    device.went_live(live).map_err(not_live)?;
+    // Weak: the socket thread outlives the device, whose drop (with the
+    // state guard's) is the end of a stop.
+    let d = Arc::downgrade(device);
+    control::serve_socket(name, move |req| match d.upgrade() {
+        Some(d) => d.answer(req),
+        None => serde_json::json!({ "error": "the device is being removed" }),
+    })
+    .map_err(not_live)
 }
 
 /// libublk's `run_target`, except for one case: a device recovered from
