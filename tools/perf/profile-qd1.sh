@@ -5,6 +5,10 @@
 #     --pmem-image PMEM.img -- tools/perf/profile-qd1.sh
 # (the pmem part needs an NVDIMM with a namespace, e.g. a copy of
 # target/bench/pmem-latest.img). Results in target/prof/.
+# MODE=r64 profiles the 64k sequential read at QD8 instead (the bench's
+# read-64k-qd8 job over a filled file): kernel dm-linear on loop, rdm zero
+# copy with scheduler none and with the kernel's, and rublk's zero copy if
+# target/bench/rublk is built. Results in target/prof/r64-*.
 ROOT=$(pwd)
 R=${RDM:-$ROOT/target/release/rdm}
 OUT=$ROOT/target/prof
@@ -12,7 +16,8 @@ mkdir -p "$OUT"
 cd /tmp
 echo 0 > /proc/sys/kernel/kptr_restrict
 echo -1 > /proc/sys/kernel/perf_event_paranoid
-truncate -s 256M /tmp/lin.img
+# Filled like the bench's file: reads of a sparse tmpfs file skip the copy.
+dd if=/dev/zero of=/tmp/lin.img bs=1M count=256 status=none
 # The sampling period, in guest ns (= instructions under icount): a prime
 # near no multiple of a request's cycle. icount makes a QD1 loop exactly
 # periodic, and a round period (100 us) against a ~50 us request sampled
@@ -23,6 +28,8 @@ W64="--rw=write --bs=64k --iodepth=8"
 job() { dev=$1; secs=$2; shift 2; fio --name=j --filename=$dev "$@" --ioengine=io_uring --direct=1 --time_based --runtime=$secs --size=128M --randseed=1 --output-format=terse --terse-version=3 | awk -F';' '{print "read_iops", $8, "read_lat_mean_us", $40, "write_iops", $49, "write_lat_mean_us", $81}'; }
 prof() {
   tag=$1; dev=$2; shift 2
+  # fio would create a regular file (on devtmpfs) for a missing node.
+  [ -b "$dev" ] || { echo "$tag: $dev is not a block device" >&2; exit 1; }
   job $dev 1 "$@" >/dev/null
   job $dev 2 "$@" > $OUT/$tag.fio
   perf record -q -a -e cpu-clock -c $PERIOD -o /tmp/$tag.data -- fio --name=j --filename=$dev "$@" --ioengine=io_uring --direct=1 --time_based --runtime=2 --size=128M --randseed=1 >/dev/null 2>&1
@@ -30,8 +37,30 @@ prof() {
   perf report -i /tmp/$tag.data --sort sym --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -70 > $OUT/$tag.sym
   perf report -i /tmp/$tag.data --sort comm --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -20 > $OUT/$tag.comm
 }
+if [ "$MODE" = r64 ]; then
+  R64="--rw=read --bs=64k --iodepth=8"
+  L=$(losetup -f --show --direct-io=on /tmp/lin.img)
+  echo "0 262144 linear $L 0" | dmsetup create plin && dmsetup mknodes plin
+  prof r64-dm-linear /dev/mapper/plin $R64
+  dmsetup remove plin; losetup -d $L
+  for S in none kernel; do
+    $R create prof --table "0 262144 linear /tmp/lin.img 0" --zero-copy on --dax off --scheduler $S >/dev/null
+    sleep 1
+    prof r64-rdm-zc-$S /dev/ublkb0 $R64
+    $R remove prof
+  done
+  RUBLK=$ROOT/target/bench/rublk/bin/rublk
+  if [ -x $RUBLK ]; then
+    $RUBLK add loop -f /tmp/lin.img -z --quiet
+    sleep 2
+    prof r64-rublk-zc /dev/ublkb0 $R64
+    $RUBLK del -n 0 >/dev/null 2>&1
+  fi
+  echo r64-done
+  exit 0
+fi
 L=$(losetup -f --show --direct-io=on /tmp/lin.img)
-echo "0 262144 linear $L 0" | dmsetup create plin
+echo "0 262144 linear $L 0" | dmsetup create plin && dmsetup mknodes plin
 prof dm-linear /dev/mapper/plin $QD1
 dmsetup remove plin; losetup -d $L
 $R create prof --table "0 262144 linear /tmp/lin.img 0" --zero-copy on --dax off >/dev/null
