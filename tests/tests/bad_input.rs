@@ -211,3 +211,75 @@ fn a_backing_file_truncated_under_a_live_device_fails_only_past_its_end() {
         dev.remove();
     }
 }
+
+/// Two devices may not write the same bytes of one file: a create or a
+/// reload whose writable range overlaps one another device writes (live or
+/// loaded) is refused, naming the range and the other device, and changes
+/// nothing. Read-only devices and ranges next to each other are fine.
+#[test]
+fn a_range_another_device_writes_is_refused() {
+    if !require_ublk() {
+        return;
+    }
+    let s = Scratch::new("bad-claims");
+    let a = s.file("a.img", 8 * MIB);
+    let b = s.file("b.img", 8 * MIB);
+    let x = Device::create("claims-x", &format!("0 8192 linear {a} 0"), &[]);
+    let nodes = ublk_nodes();
+    let over_x = format!("0 8192 linear {b} 0\n8192 8192 linear {a} 4096");
+    refused(
+        "claims-y",
+        &["create", "claims-y", "--table", &over_x],
+        "line 2: ",
+        &nodes,
+    );
+    let out = rdm(&["create", "claims-y", "--table", &over_x]);
+    for part in [a.as_str(), "sectors 4096..8192", "device claims-x"] {
+        assert!(out.stderr.contains(part), "{part} not named: {out}");
+    }
+
+    let ro = Device::create(
+        "claims-ro",
+        &format!("0 8192 linear {a} 0"),
+        &["--read-only"],
+    );
+    let z = Device::create("claims-z", &format!("0 8192 linear {a} 8192"), &[]);
+    // A reload onto x's range is refused; z keeps its table, nothing loaded.
+    let out = rdm(&[
+        "reload",
+        "claims-z",
+        "--table",
+        &format!("0 8192 linear {a} 0"),
+    ]);
+    assert!(!out.ok() && out.stderr.contains("device claims-x"), "{out}");
+    assert_eq!(
+        rdm_ok(&["table", "claims-z"]).trim(),
+        format!("0 8192 linear {a} 8192")
+    );
+    assert_eq!(ls_entry("claims-z").unwrap()["inactive_table"], false);
+    // A loaded table holds its ranges as the live one does.
+    rdm_ok(&[
+        "reload",
+        "claims-z",
+        "--table",
+        &format!("0 8192 linear {b} 0"),
+    ]);
+    let nodes = ublk_nodes();
+    refused(
+        "claims-w",
+        &[
+            "create",
+            "claims-w",
+            "--table",
+            &format!("0 8 linear {b} 8000"),
+        ],
+        "device claims-z",
+        &nodes,
+    );
+    // Once x is gone its range is free.
+    x.remove();
+    let w = Device::create("claims-w", &format!("0 8192 linear {a} 0"), &[]);
+    for d in [w, z, ro] {
+        d.remove();
+    }
+}

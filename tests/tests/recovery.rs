@@ -292,3 +292,31 @@ fn fail_io_fails_fast_while_waiting_where_the_kernel_has_it() {
     dev.remove();
     assert_no_trace("rec-fio", &nodes);
 }
+
+/// A device waiting for recovery keeps the ranges it writes: another
+/// device may not take them while it waits, and it comes back to them.
+#[test]
+fn a_waiting_device_keeps_its_ranges() {
+    if !require_ublk() {
+        return;
+    }
+    let s = Scratch::new("rec-claims");
+    let a = s.file("a.img", 8 * MIB);
+    let table = format!("0 8192 linear {a} 0");
+    let dev = Device::create("rec-claims", &table, &[]);
+    pwrite_direct(dev.bdev_str(), 0, &[7u8; 4096], libc::O_SYNC).unwrap();
+    kill_server("rec-claims", "recovering");
+    let out = rdm(&["create", "rec-claims-2", "--table", &table]);
+    assert!(
+        !out.ok() && out.stderr.contains("device rec-claims "),
+        "a create over a waiting device's range: {out}"
+    );
+    assert_eq!(ls_entry("rec-claims-2"), None);
+    rdm_ok(&["recover", "rec-claims"]);
+    assert_eq!(state_of("rec-claims"), "live");
+    assert_eq!(
+        pread_direct(dev.bdev_str(), 0, 4096).unwrap(),
+        vec![7u8; 4096]
+    );
+    dev.remove();
+}

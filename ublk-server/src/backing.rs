@@ -65,18 +65,10 @@ pub fn inspect(path: &Path) -> Result<BackingInfo, BackingError> {
         cause,
     };
     let meta = std::fs::metadata(path).map_err(io_err)?;
-    let ft = meta.file_type();
-    let (kind, identity) = if ft.is_file() {
-        (BackingKind::File, (meta.dev(), meta.ino()))
-    } else if ft.is_block_device() {
-        (BackingKind::BlockDevice, (u64::MAX, meta.rdev()))
-    } else if ft.is_char_device() && dax_device_size(path).is_some() {
-        (BackingKind::DaxDevice, (u64::MAX - 1, meta.rdev()))
-    } else {
-        return Err(BackingError::WrongType {
+    let (kind, identity) =
+        kind_and_identity(path, &meta).ok_or_else(|| BackingError::WrongType {
             path: path.to_path_buf(),
-        });
-    };
+        })?;
     let no_write_bits = meta.mode() & 0o222 == 0;
     let (file, read_only) = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => (f, no_write_bits),
@@ -98,6 +90,33 @@ pub fn inspect(path: &Path) -> Result<BackingInfo, BackingError> {
             identity,
         },
     })
+}
+
+/// What a backing path is and which object: (st_dev, st_ino) for a file,
+/// the device number for a block or device-dax device.
+fn kind_and_identity(path: &Path, meta: &std::fs::Metadata) -> Option<(BackingKind, (u64, u64))> {
+    let ft = meta.file_type();
+    if ft.is_file() {
+        Some((BackingKind::File, (meta.dev(), meta.ino())))
+    } else if ft.is_block_device() {
+        Some((BackingKind::BlockDevice, (u64::MAX, meta.rdev())))
+    } else if ft.is_char_device() && dax_device_size(path).is_some() {
+        Some((BackingKind::DaxDevice, (u64::MAX - 1, meta.rdev())))
+    } else {
+        None
+    }
+}
+
+/// The identity [`inspect`] gives `path`, without opening the object or
+/// connecting to an export; None if it cannot be looked at.
+pub fn identity_of(path: &Path) -> Option<(u64, u64)> {
+    if nbd::uri::is_nbd(path) {
+        return Uri::parse(&path.to_string_lossy())
+            .ok()
+            .map(|u| u.identity());
+    }
+    let meta = std::fs::metadata(path).ok()?;
+    kind_and_identity(path, &meta).map(|(_, id)| id)
 }
 
 /// How long checking an export may take (connect and handshake).

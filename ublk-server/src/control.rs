@@ -78,7 +78,7 @@ pub enum ControlError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ControlError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ControlError + '_ {
     move |cause| ControlError::Io {
         path: path.to_path_buf(),
         cause,
@@ -194,6 +194,36 @@ pub fn pid_alive(pid: u32, start: u64) -> bool {
 }
 
 impl DeviceState {
+    /// A device `name` starting in this process, serving `table`.
+    #[cfg(test)]
+    pub(crate) fn for_tests(name: &str, table: &str) -> DeviceState {
+        let me = std::process::id();
+        DeviceState {
+            name: name.into(),
+            pid: me,
+            pid_start: process_start(me).unwrap(),
+            state: "starting".into(),
+            dev_id: None,
+            bdev: None,
+            mode: None,
+            queues: 1,
+            depth: 1,
+            block_size: 512,
+            read_only: false,
+            size_bytes: 512,
+            table: table.into(),
+            recovery: Recovery::Off,
+            zero_copy: None,
+            dax: None,
+            devices: Vec::new(),
+            suspended: false,
+            inactive_table: None,
+            nbd_timeout: None,
+            batch_io: false,
+            io_threads: None,
+        }
+    }
+
     pub fn liveness(&self) -> Liveness {
         match (pid_alive(self.pid, self.pid_start), self.state.as_str()) {
             (false, _) if recovery::waiting(self) => Liveness::Recovering,
@@ -598,31 +628,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // SAFETY: tests in this module are the only users of RDM_RUN_DIR.
         unsafe { std::env::set_var("RDM_RUN_DIR", dir.path()) };
-        let me = std::process::id();
-        let st = DeviceState {
-            name: "t".into(),
-            pid: me,
-            pid_start: process_start(me).unwrap(),
-            state: "starting".into(),
-            dev_id: None,
-            bdev: None,
-            mode: None,
-            queues: 1,
-            depth: 1,
-            block_size: 512,
-            read_only: false,
-            size_bytes: 512,
-            table: "0 1 zero\n".into(),
-            recovery: Recovery::Off,
-            zero_copy: None,
-            dax: None,
-            devices: Vec::new(),
-            suspended: false,
-            inactive_table: None,
-            nbd_timeout: None,
-            batch_io: false,
-            io_threads: None,
-        };
+        let st = DeviceState::for_tests("t", "0 1 zero\n");
         let g = StateGuard::claim(&st).unwrap();
         assert!(matches!(
             StateGuard::claim(&st),

@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod backing;
 pub mod buffer;
+pub mod claims;
 pub mod control;
 mod ctrl_cmd;
 pub mod dax_path;

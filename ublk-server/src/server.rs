@@ -30,6 +30,7 @@ use crate::backend::uring::{Backing, UringBackend};
 use crate::backend::Backend;
 use crate::backing::{self, BackingError};
 use crate::buffer::{Aux, Buffer, BYTES};
+use crate::claims;
 use crate::control::{self, ControlError, DeviceRecord, DeviceState, StateGuard};
 use crate::ctrl_cmd;
 use crate::dax_path::{self, DaxDecision, DaxDecisionError, DaxPolicy};
@@ -113,6 +114,8 @@ pub enum ServerError {
     },
     #[error("{name}: {msg}")]
     Recovery { name: String, msg: String },
+    #[error("{name}: {source}")]
+    Claimed { name: String, source: claims::Clash },
     #[error("{name}: cannot set the I/O scheduler {scheduler:?} in {path}: {cause} (the device was removed; `--scheduler kernel` keeps the kernel's)")]
     Scheduler {
         name: String,
@@ -254,10 +257,13 @@ pub fn serve(
     let cfg = as_user(cfg)?;
     let (guard, mut state, waiting) = claim_or_adopt(&cfg)?;
     let guard = Arc::new(guard);
+    // Held until the objects this table writes are recorded.
+    let claims = claims::lock()?;
     let probed = probe(&cfg, waiting.as_ref())?;
     // Everything a recovery needs is recorded before the device exists.
     state.devices = probed.records.clone();
     guard.update(&state)?;
+    drop(claims);
     let features = probed.features;
     let loaded = open_data_path(&cfg, probed, true)?;
     let aux = aux_files(&cfg.name)?;
@@ -478,6 +484,12 @@ pub(crate) fn probe(cfg: &Config, waiting: Option<&DeviceState>) -> Result<Probe
         }
     }
     backing::check_against(&cfg.table, &infos, !cfg.read_only).map_err(backing_err)?;
+    if !cfg.read_only {
+        claims::check(name, &cfg.table, &infos).map_err(|source| ServerError::Claimed {
+            name: name.clone(),
+            source,
+        })?;
+    }
     let dax = dax_path::decide(&cfg.table, cfg.dax).map_err(|source| ServerError::Dax {
         name: name.clone(),
         source,

@@ -129,6 +129,9 @@ impl Device {
             recover: false,
             ..self.cfg.clone()
         };
+        // Held until the loaded table is recorded: its writable ranges are
+        // claimed from then on.
+        let claims = crate::claims::lock().map_err(|e| e.to_string())?;
         let probed = probe(&cfg, None).map_err(|e| e.to_string())?;
         let loaded = open_data_path(&cfg, probed, self.mode != DataMode::ZeroCopy)
             .map_err(|e| e.to_string())?;
@@ -137,6 +140,7 @@ impl Device {
         *lock(&self.inactive) = Some(Arc::new(loaded));
         self.edit_state(|s| s.inactive_table = Some(text))
             .map_err(|e| e.to_string())?;
+        drop(claims);
         tracing::info!(
             size_bytes = next,
             mode = mode.name(),
