@@ -237,6 +237,8 @@ fn a_range_another_device_writes_is_refused() {
     for part in [a.as_str(), "sectors 4096..8192", "device claims-x"] {
         assert!(out.stderr.contains(part), "{part} not named: {out}");
     }
+    let dry = rdm(&["create", "claims-y", "--dry-run", "--table", &over_x]);
+    assert!(!dry.ok() && dry.stderr.contains("device claims-x"), "{dry}");
 
     let ro = Device::create(
         "claims-ro",

@@ -54,7 +54,7 @@ pub struct Clash {
 /// Checks the writable ranges of `table` (over `infos`, in
 /// [`Table::devices`] order) against every other device's live and loaded
 /// tables. Call it with the [`lock`] held.
-pub(crate) fn check(name: &str, table: &Table, infos: &[BackingInfo]) -> Result<(), Clash> {
+pub fn check(name: &str, table: &Table, infos: &[BackingInfo]) -> Result<(), Clash> {
     let others = control::list().unwrap_or_default();
     check_against(table, infos, others.iter().filter(|s| s.name != name))
 }

@@ -3,6 +3,7 @@ use std::path::Path;
 
 use rdm_targets::Table;
 use rdm_ublk_server::backing::{self, BackingError, BackingInfo};
+use rdm_ublk_server::claims;
 use rdm_ublk_server::dax_path::{self, DaxDecision, DaxPolicy, DeviceDax};
 use serde::Serialize;
 
@@ -55,6 +56,12 @@ pub fn check(
         BackingError::Table(t) => bad_table(t),
         other => CliError::failed(format!("{name}: {other}")),
     })?;
+    // Early, for --dry-run and a quick answer; the server checks again
+    // under the claims lock.
+    if !read_only {
+        claims::check(name, &table, &devices)
+            .map_err(|c| CliError::failed(format!("{name}: {c}")))?;
+    }
     Ok((table, devices))
 }
 
