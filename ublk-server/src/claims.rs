@@ -4,9 +4,9 @@
 //! (`--read-only`) may map anything, and so may the ranges a table only
 //! reads.
 //!
-//! Creates, recoveries and reloads check under one lock (`claims.lock` in
-//! the run directory), held until the new claim is in the state file, so
-//! that two at once cannot both pass.
+//! Creates, recoveries and reloads check under one lock (an flock on the
+//! run directory itself: no file to leave behind), held until the new
+//! claim is in the state file, so that two at once cannot both pass.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -26,16 +26,13 @@ pub(crate) struct Lock(#[allow(dead_code)] File);
 pub(crate) fn lock() -> Result<Lock, ControlError> {
     let dir = control::run_dir();
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let path = dir.join("claims.lock");
     let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_err(&path))?;
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(&dir)
+        .map_err(io_err(&dir))?;
     rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| io_err(&path)(e.into()))?;
+        .map_err(|e| io_err(&dir)(e.into()))?;
     Ok(Lock(f))
 }
 
