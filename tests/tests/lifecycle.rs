@@ -87,7 +87,15 @@ fn create_ls_table_status_features_remove() {
         // table: normalized as dmsetup prints it, and it round-trips.
         let t = rdm_ok(&["table", &name]);
         assert_eq!(t.trim_end(), table, "rdm table {name}");
-        let dry = rdm_ok(&["create", "roundtrip", "--dry-run", "--table", &t]);
+        // Read-only: the live device holds these ranges for writing.
+        let dry = rdm_ok(&[
+            "create",
+            "roundtrip",
+            "--dry-run",
+            "--read-only",
+            "--table",
+            &t,
+        ]);
         assert_eq!(dry.trim_end(), table, "--dry-run of `rdm table` output");
 
         // status: shape, then counters move with I/O.
