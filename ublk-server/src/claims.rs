@@ -78,15 +78,14 @@ fn check_against<'a>(
             let Some(t) = t else { continue };
             // The live table's objects as recorded when it was opened; a
             // loaded table's as its paths name them now.
+            let use_records = recorded && other.devices.len() == t.devices().len();
             let ids: Vec<Option<(u64, u64)>> = t
                 .devices()
                 .iter()
                 .enumerate()
-                .map(|(i, p)| match other.devices.get(i) {
-                    Some(r) if recorded && other.devices.len() == t.devices().len() => {
-                        Some(r.identity)
-                    }
-                    _ => identity_of(p),
+                .map(|(i, p)| match use_records {
+                    true => Some(other.devices[i].identity),
+                    false => identity_of(p),
                 })
                 .collect();
             for theirs in t.extents().into_iter().filter(|e| e.written) {
@@ -140,11 +139,7 @@ mod tests {
         s.devices = inspect_all(&t)
             .unwrap()
             .iter()
-            .map(|b| DeviceRecord {
-                path: b.path.clone(),
-                identity: b.info.identity,
-                size_bytes: b.info.size_bytes,
-            })
+            .map(DeviceRecord::of)
             .collect();
         s
     }

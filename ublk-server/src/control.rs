@@ -161,6 +161,17 @@ pub struct DeviceRecord {
     pub size_bytes: u64,
 }
 
+impl DeviceRecord {
+    /// The record of a backing device as inspected.
+    pub fn of(b: &crate::backing::BackingInfo) -> DeviceRecord {
+        DeviceRecord {
+            path: b.path.clone(),
+            identity: b.info.identity,
+            size_bytes: b.info.size_bytes,
+        }
+    }
+}
+
 /// Whether a recorded device's server is still there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

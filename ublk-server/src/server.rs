@@ -458,11 +458,6 @@ pub(crate) fn probe(cfg: &Config, waiting: Option<&DeviceState>) -> Result<Probe
     if cfg.io_threads > 1 {
         features::check_io_threads(cfg.io_threads, cfg.batch_io, features).map_err(unsupported)?;
     }
-    let record = |b: &backing::BackingInfo| DeviceRecord {
-        path: b.path.clone(),
-        identity: b.info.identity,
-        size_bytes: b.info.size_bytes,
-    };
     let backing_err = |source| ServerError::Backing {
         name: name.clone(),
         source,
@@ -471,7 +466,7 @@ pub(crate) fn probe(cfg: &Config, waiting: Option<&DeviceState>) -> Result<Probe
     // underneath is said before any table rule: it serves the same objects
     // or nothing.
     let infos = backing::inspect_all(&cfg.table).map_err(backing_err)?;
-    let records: Vec<DeviceRecord> = infos.iter().map(record).collect();
+    let records: Vec<DeviceRecord> = infos.iter().map(DeviceRecord::of).collect();
     match waiting {
         Some(old) => check_same_devices(name, &old.devices, &records)?,
         None => {
