@@ -57,57 +57,48 @@ impl<B: Backend> Handler<B> {
     ) -> Result<(), i32> {
         let pieces = req.pieces(o, &self.table, &self.stats)?;
         let (write, fua) = (o == Op::Write, req.fua());
-        // A backend that completes at once (DAX copy mode) needs no futures.
-        if let Some(r) = self.rw_now(&pieces, write, fua, buf) {
-            return r;
-        }
         // Most requests are one piece: no join, no boxed futures.
         if let [p] = &pieces[..] {
+            if let Some(r) = self.piece_now(p, write, fua, buf) {
+                return r;
+            }
             return self.rw_piece(ring, p, write, fua, buf).await;
         }
         let results = join_all(
             pieces
                 .iter()
-                .map(|p| self.rw_piece(ring, p, write, fua, buf))
+                .map(|p| async move {
+                    match self.piece_now(p, write, fua, buf) {
+                        Some(r) => r,
+                        None => self.rw_piece(ring, p, write, fua, buf).await,
+                    }
+                })
                 .collect(),
         )
         .await;
         first_error(results)
     }
 
-    /// Serves all pieces synchronously if the backend can and no piece
-    /// needs holding or corrupting; `None` (nothing done) otherwise.
-    fn rw_now(
-        &self,
-        pieces: &[Piece],
-        write: bool,
-        fua: bool,
-        buf: Buffer,
-    ) -> Option<Result<(), i32>> {
-        let plain = |p: &Piece| {
-            p.delay_ms == 0 && p.corrupt == [None, None] && matches!(p.kind, PieceKind::Io { .. })
+    /// Serves a piece at once when the backend can (a memory copy: DAX, or
+    /// a memory file) and it needs no holding or corrupting; `None`
+    /// (nothing done) otherwise.
+    fn piece_now(&self, p: &Piece, write: bool, fua: bool, buf: Buffer) -> Option<Result<(), i32>> {
+        let PieceKind::Io { dev, dev_offset } = p.kind else {
+            return None;
         };
-        if !pieces.iter().all(plain) {
+        if p.delay_ms != 0 || p.corrupt != [None, None] {
             return None;
         }
-        let mut res = Ok(());
-        for p in pieces {
-            let PieceKind::Io { dev, dev_offset } = p.kind else {
-                unreachable!("checked above")
-            };
-            let t = Transfer::of(p, dev, dev_offset, write, fua);
-            // The first piece tells whether this backend completes at once.
-            let r = self.backend.transfer_now(t, buf)?;
-            let (seg, d) = (&self.stats.segments[p.segment], &self.stats.devices[dev]);
-            seg.count_rw(write, p.len);
-            d.count_rw(write, p.len);
-            if r.is_err() {
-                Counters::add(&seg.errors, 1);
-                Counters::add(&d.errors, 1);
-                res = res.and(r);
-            }
+        let t = Transfer::of(p, dev, dev_offset, write, fua);
+        let r = self.backend.transfer_now(t, buf)?;
+        let (seg, d) = (&self.stats.segments[p.segment], &self.stats.devices[dev]);
+        seg.count_rw(write, p.len);
+        d.count_rw(write, p.len);
+        if r.is_err() {
+            Counters::add(&seg.errors, 1);
+            Counters::add(&d.errors, 1);
         }
-        Some(res)
+        Some(r)
     }
 
     async fn rw_piece<R: Ring>(
