@@ -364,3 +364,135 @@ fn io_threads_share_a_queue_and_serve_the_same_bytes() {
     fio_verify(dev.bdev_str(), &["--size=64M"]);
     dev.remove();
 }
+
+/// Allocated bytes of a file (`st_blocks` × 512).
+fn allocated(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Zero copy over a file on tmpfs: pieces move through a mapping of the
+/// file in the queue thread (`rdm status`: access `mapped`), which must
+/// behave as the file itself: bytes written either way read back the other
+/// way, reading holes fills none of them, a discarded range is a hole
+/// again, a full tmpfs is an I/O error and a shrunk file EIO past its end,
+/// with the server still serving.
+#[test]
+fn tmpfs_files_are_served_through_their_mapping() {
+    use std::os::unix::fs::FileExt;
+    if !require_ublk() || !kernel_has("AUTO_BUF_REG") {
+        return;
+    }
+    let s = Scratch::new("memfile");
+    let mnt = s.path("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt = mnt.to_str().unwrap().to_string();
+    sh("mount", &["-t", "tmpfs", "-o", "size=8M", "tmpfs", &mnt]);
+    // 32 MiB of sparse file on an 8 MiB tmpfs.
+    let a = format!("{mnt}/a.img");
+    std::fs::File::create(&a)
+        .unwrap()
+        .set_len(32 * MIB)
+        .unwrap();
+    let dev = Device::create_in_mode("dp-memfile", &format!("0 65536 linear {a} 0"), "on", &[]);
+    let bdev = dev.bdev_str().to_string();
+    assert_eq!(
+        dev.status()["devices"][0]["access"],
+        "mapped",
+        "{}",
+        dev.status()
+    );
+
+    // Every hole reads as zeros, in requests of 4 KiB to 1 MiB, and stays a hole.
+    let mut off = 0;
+    for len in [4096usize, 16384, 65536, 1 << 20].iter().cycle() {
+        if off >= 32 * MIB {
+            break;
+        }
+        let len = (*len as u64).min(32 * MIB - off) as usize;
+        let got = pread_direct(&bdev, off, len).unwrap();
+        assert!(got.iter().all(|&b| b == 0), "a hole at {off} read non-zero");
+        off += len as u64;
+    }
+    assert_eq!(allocated(&a), 0, "reading holes allocated them");
+
+    // Through the device, read back through the file; and the other way.
+    let data = random_bytes(MIB as usize, 7);
+    for (i, chunk) in data.chunks(64 << 10).enumerate() {
+        // 4 KiB, 8 KiB ... pieces, so small and large requests both occur.
+        let step = 4096 << (i % 5);
+        for (j, c) in chunk.chunks(step).enumerate() {
+            let at = MIB + (i * (64 << 10) + j * step) as u64;
+            pwrite_direct(&bdev, at, c, 0).unwrap();
+        }
+    }
+    assert_same_bytes(
+        &read_at(&a, MIB, MIB as usize),
+        &data,
+        "file after device writes",
+    );
+    let other = random_bytes(256 << 10, 8);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .write_all_at(&other, 3 * MIB)
+        .unwrap();
+    assert_same_bytes(
+        &pread_direct(&bdev, 3 * MIB, other.len()).unwrap(),
+        &other,
+        "device after file writes",
+    );
+
+    // A discard makes the range a hole again, and reading it keeps it one.
+    let before = allocated(&a);
+    sh(
+        "blkdiscard",
+        &["-o", &MIB.to_string(), "-l", &MIB.to_string(), &bdev],
+    );
+    assert_eq!(allocated(&a), before - MIB, "discard freed the range");
+    let got = pread_direct(&bdev, MIB, MIB as usize).unwrap();
+    assert!(got.iter().all(|&b| b == 0), "discarded range reads zeros");
+    assert_eq!(
+        allocated(&a),
+        before - MIB,
+        "reading the discarded range allocated it"
+    );
+
+    // More than the tmpfs holds: an I/O error, not a dead server; what was
+    // written before reads back.
+    let big = random_bytes(12 * MIB as usize, 9);
+    let mut failed = None;
+    for (i, c) in big.chunks(64 << 10).enumerate() {
+        if let Err(e) = pwrite_direct(&bdev, 8 * MIB + (i as u64) * (64 << 10), c, 0) {
+            failed = Some((i, e));
+            break;
+        }
+    }
+    let (n, e) = failed.expect("12 MiB were written to an 8 MiB tmpfs");
+    assert!(e.raw_os_error().is_some(), "{e}");
+    let ok = n * (64 << 10);
+    assert_same_bytes(
+        &pread_direct(&bdev, 8 * MIB, ok).unwrap(),
+        &big[..ok],
+        "what was written before the tmpfs filled up",
+    );
+    assert_eq!(dev.status()["state"], "live", "{}", dev.status());
+
+    // The file shrinks under the device: EIO past its end, the rest intact.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_len(4 * MIB)
+        .unwrap();
+    let past = pread_direct(&bdev, 8 * MIB, 4096).expect_err("a read past the file's end");
+    assert_eq!(past.raw_os_error(), Some(libc::EIO), "{past}");
+    assert_same_bytes(
+        &pread_direct(&bdev, 3 * MIB, other.len()).unwrap(),
+        &other,
+        "device after the file shrank",
+    );
+    dev.remove();
+    sh("umount", &[&mnt]);
+}

@@ -100,9 +100,7 @@ fn engine_run(path: &Path, ios: u64) -> f64 {
     unsafe { ring.register_buffers(&[iov]).unwrap() };
     let engine = Handler::new(
         table,
-        UringBackend {
-            files: vec![Backing { fixed: 0, direct }],
-        },
+        UringBackend::new(vec![Backing { fixed: 0, direct }]),
         Aux::default(),
     );
     let blocks = FILE_BYTES / BS;

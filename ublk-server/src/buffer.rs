@@ -13,8 +13,10 @@ pub enum Buffer {
     User { base: *mut u8, index: u16 },
     /// Zero copy: the request's own pages, registered by the kernel as
     /// fixed buffer `index`; addressed by byte offset from 0. Not mapped in
-    /// userspace: only I/O can fill it.
-    Kernel { index: u16 },
+    /// userspace: only I/O can fill it, or a `pread`/`pwrite` on the
+    /// queue's `/dev/ublkcN` (`cdev`, -1 if none) at
+    /// `ublk_user_copy_pos(q_id, index, offset)`.
+    Kernel { index: u16, cdev: i32, q_id: u16 },
     /// `UBLK_F_USER_COPY`: the data moves by READ/WRITE on the
     /// `/dev/ublkcN` fixed file `cdev_fixed` at
     /// `ublk_user_copy_pos(q_id, tag, offset)`, or by `pread`/`pwrite` on
@@ -63,7 +65,7 @@ impl Buffer {
     /// The fixed-buffer index.
     pub fn index(&self) -> u16 {
         match *self {
-            Buffer::User { index, .. } | Buffer::Kernel { index } => index,
+            Buffer::User { index, .. } | Buffer::Kernel { index, .. } => index,
             Buffer::UserCopy { tag, .. } => tag,
         }
     }
@@ -88,7 +90,7 @@ impl Buffer {
                 Ok(())
             }
             // Kernel pages: let /dev/zero's read fill them.
-            Buffer::Kernel { index } => {
+            Buffer::Kernel { index, .. } => {
                 let zero = aux.zero.ok_or(EIO)?;
                 transfer_all(ring, len, |done| {
                     opcode::ReadFixed::new(
@@ -132,7 +134,7 @@ impl Buffer {
                 unsafe { *base.add(offset as usize) = value };
                 Ok(())
             }
-            Buffer::Kernel { index } => {
+            Buffer::Kernel { index, .. } => {
                 let bytes = aux.bytes.ok_or(EIO)?;
                 transfer_all(ring, 1, |_| {
                     opcode::ReadFixed::new(types::Fixed(bytes), offset as *mut u8, 1, index)

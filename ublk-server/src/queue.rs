@@ -303,8 +303,10 @@ async fn io_task(
     buf: Option<&IoBuf<u8>>,
     gate: &QueueGate<'_>,
 ) -> Result<(), UblkError> {
+    // Zero copy may have USER_COPY too: then the request's pages are also
+    // reachable through /dev/ublkcN (memory files use it).
     let user_copy = q.dev.dev_info.flags & crate::features::F_USER_COPY != 0;
-    if user_copy {
+    if user_copy && mode != DataMode::ZeroCopy {
         // The data moves by pread/pwrite on /dev/ublkcN (fixed file 0).
         let buffer = Buffer::UserCopy {
             cdev_fixed: 0,
@@ -336,7 +338,11 @@ async fn io_task(
             base: b.as_mut_ptr(),
             index: tag,
         },
-        _ => Buffer::Kernel { index: tag },
+        _ => Buffer::Kernel {
+            index: tag,
+            cdev: if user_copy { q.dev.tgt.fds[0] } else { -1 },
+            q_id: q.get_qid(),
+        },
     };
     let io_buf = if mode == DataMode::ZeroCopy {
         None

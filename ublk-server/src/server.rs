@@ -25,6 +25,7 @@ use rdm_targets::Table;
 use serde::Serialize;
 
 use crate::backend::dax::DaxBackend;
+use crate::backend::memfile::MemFile;
 use crate::backend::nbd::{open_export, ExportOptions, NbdBackend};
 use crate::backend::uring::{Backing, UringBackend};
 use crate::backend::Backend;
@@ -608,6 +609,8 @@ pub(crate) fn open_data_path(
         Core::Dax(Handler::new(cfg.table.clone(), backend, aux))
     } else {
         let mut back = Vec::new();
+        let mut mem = Vec::new();
+        let need = crate::backend::needed_bytes(&cfg.table);
         let mut exports = Vec::new();
         for (i, p) in cfg.table.devices().iter().enumerate() {
             let fixed = FIRST_BACKING_SLOT + i as u32;
@@ -625,16 +628,23 @@ pub(crate) fn open_data_path(
                     fixed,
                     direct: false,
                 });
+                mem.push(None);
                 files.push(None);
                 continue;
             }
             let (f, direct) = backing::open(p, !cfg.read_only).map_err(backing_err)?;
             discard &= backing::supports_discard(&f);
             back.push(Backing { fixed, direct });
+            let user_copy = features & features::F_USER_COPY != 0;
+            mem.push(if mode == DataMode::ZeroCopy && user_copy {
+                MemFile::map(&f, need[i], !cfg.read_only)
+            } else {
+                None
+            });
             files.push(Some(f));
             exports.push(None);
         }
-        let files_backend = UringBackend { files: back };
+        let files_backend = UringBackend { files: back, mem };
         if exports.iter().any(Option::is_some) {
             let backend = NbdBackend {
                 exports,
@@ -702,6 +712,12 @@ fn add_device(
             })?;
     if mode == DataMode::ZeroCopy {
         ctrl_flags |= features::F_AUTO_BUF_REG | features::F_SUPPORT_ZERO_COPY;
+        // USER_COPY as well: the request's pages are then also reachable
+        // by pread/pwrite on /dev/ublkcN, which moves small pieces of memory
+        // files without an io-wq worker (backend::memfile).
+        if features & features::F_USER_COPY != 0 {
+            ctrl_flags |= features::F_USER_COPY;
+        }
     }
     if mode == DataMode::Batch {
         ctrl_flags |= features::F_BATCH_IO;

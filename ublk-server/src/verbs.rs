@@ -327,7 +327,7 @@ pub struct DeviceStatus {
     pub path: String,
     /// Opened with O_DIRECT (io_uring path).
     pub direct: bool,
-    /// `o_direct`, `buffered` or `dax`.
+    /// `o_direct`, `buffered`, `mapped`, `dax` or `nbd`.
     pub access: &'static str,
     /// dm-stripe's A (alive) / D (dead: has seen errors).
     pub health: &'static str,

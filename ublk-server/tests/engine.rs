@@ -104,7 +104,7 @@ fn rig_with(nbufs: usize, tpl: &str) -> Rig {
     unsafe { ring.register_buffers(&iovs).unwrap() };
     let engine = Handler::new(
         table,
-        UringBackend { files: back },
+        UringBackend::new(back),
         Aux {
             zero: Some(zero_fixed),
             bytes: None,

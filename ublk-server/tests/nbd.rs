@@ -143,12 +143,10 @@ fn rig(table: &str, timeout: Duration, nbufs: usize) -> Rig {
     let export = Export::new(uri, addr, info, vec![fd], timeout, true, aux);
     let backend = NbdBackend {
         exports: vec![Some(export)],
-        files: UringBackend {
-            files: vec![Backing {
-                fixed: 99,
-                direct: false,
-            }],
-        },
+        files: UringBackend::new(vec![Backing {
+            fixed: 99,
+            direct: false,
+        }]),
     };
     Rig {
         ring,
@@ -628,14 +626,14 @@ fn many_requests_in_flight_over_two_exports_complete_promptly() {
         .collect();
     let backend = NbdBackend {
         exports,
-        files: UringBackend {
-            files: (0..2)
+        files: UringBackend::new(
+            (0..2)
                 .map(|i| Backing {
                     fixed: 90 + i,
                     direct: false,
                 })
                 .collect(),
-        },
+        ),
     };
     let h = Handler::new(table, backend, aux);
     // 32 tasks, as a queue's tags, each 40 requests of 4 KiB to 512 KiB

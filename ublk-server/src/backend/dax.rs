@@ -18,7 +18,7 @@ use io_uring::{opcode, types};
 use rdm_dax::{DaxError, DaxKind, DaxMapping};
 use rdm_targets::{DevIdx, Table};
 
-use super::{Backend, Transfer};
+use super::{needed_bytes, Backend, Transfer};
 use crate::buffer::Buffer;
 use crate::dax_path::{DaxDecision, DaxDecisionError};
 use crate::ring::{transfer_all, Ring};
@@ -82,15 +82,6 @@ impl DaxBackend {
         }
         Ok(())
     }
-}
-
-/// Bytes of each device the table maps, to check mappings against.
-fn needed_bytes(table: &Table) -> Vec<u64> {
-    let mut need = vec![0u64; table.devices().len()];
-    for e in table.extents() {
-        need[e.dev] = need[e.dev].max((e.start + e.len) << rdm_targets::SECTOR_SHIFT);
-    }
-    need
 }
 
 impl Backend for DaxBackend {

@@ -3,10 +3,11 @@
 //! request handler is written once against it.
 
 pub mod dax;
+pub mod memfile;
 pub mod nbd;
 pub mod uring;
 
-use rdm_targets::DevIdx;
+use rdm_targets::{DevIdx, Table};
 
 use crate::buffer::Buffer;
 use crate::ring::Ring;
@@ -80,6 +81,16 @@ pub trait Backend {
         value: u8,
     ) -> Result<(), i32>;
 
-    /// How `dev` is accessed, for status: `o_direct`, `buffered` or `dax`.
+    /// How `dev` is accessed, for status: `o_direct`, `buffered`, `mapped`
+    /// (a memory file: small pieces through its mapping), `dax` or `nbd`.
     fn access(&self, dev: DevIdx) -> &'static str;
+}
+
+/// Bytes of each device the table maps: what a mapping of it must cover.
+pub(crate) fn needed_bytes(table: &Table) -> Vec<u64> {
+    let mut need = vec![0u64; table.devices().len()];
+    for e in table.extents() {
+        need[e.dev] = need[e.dev].max((e.start + e.len) << rdm_targets::SECTOR_SHIFT);
+    }
+    need
 }

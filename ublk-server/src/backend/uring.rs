@@ -6,6 +6,7 @@ use std::alloc::Layout;
 use io_uring::{opcode, types};
 use rdm_targets::DevIdx;
 
+use super::memfile::MemFile;
 use super::{Backend, Transfer};
 use crate::buffer::Buffer;
 use crate::ring::{transfer_all, Ring};
@@ -22,6 +23,8 @@ pub struct Backing {
 #[derive(Debug)]
 pub struct UringBackend {
     pub files: Vec<Backing>,
+    /// Per device: its mapping when it is a memory file.
+    pub mem: Vec<Option<MemFile>>,
 }
 
 const EIO: i32 = -libc::EIO;
@@ -30,12 +33,38 @@ const EIO: i32 = -libc::EIO;
 const BLOCK: usize = 4096;
 
 impl UringBackend {
+    /// Files only: no memory-file mappings.
+    pub fn new(files: Vec<Backing>) -> Self {
+        let mem = files.iter().map(|_| None).collect();
+        UringBackend { files, mem }
+    }
+
     fn fd(&self, dev: DevIdx) -> types::Fixed {
         types::Fixed(self.files[dev].fixed)
     }
 }
 
 impl Backend for UringBackend {
+    /// A small zero-copy piece on a memory file, moved in this thread
+    /// ([`MemFile`]); FUA writes take the ring, which syncs them.
+    fn transfer_now(&self, t: Transfer, buf: Buffer) -> Option<Result<(), i32>> {
+        let Buffer::Kernel { index, cdev, q_id } = buf else {
+            return None;
+        };
+        let m = self.mem.get(t.dev)?.as_ref()?;
+        if cdev < 0 || t.fua {
+            return None;
+        }
+        m.transfer(
+            cdev,
+            (q_id, index, t.buf_offset),
+            t.dev_offset,
+            t.len,
+            t.write,
+        )
+        .map(Ok)
+    }
+
     /// End of file is an error: the table was checked against the file
     /// size, so the file shrank.
     async fn transfer<R: Ring>(&self, ring: &R, t: Transfer, buf: Buffer) -> Result<(), i32> {
@@ -97,6 +126,9 @@ impl Backend for UringBackend {
         if r < 0 {
             return Err(r);
         }
+        if let Some(Some(m)) = self.mem.get(dev) {
+            m.forget(offset, len);
+        }
         Ok(())
     }
 
@@ -134,7 +166,9 @@ impl Backend for UringBackend {
     }
 
     fn access(&self, dev: DevIdx) -> &'static str {
-        if self.files[dev].direct {
+        if matches!(self.mem.get(dev), Some(Some(_))) {
+            "mapped"
+        } else if self.files[dev].direct {
             "o_direct"
         } else {
             "buffered"
