@@ -171,6 +171,22 @@ impl Core {
         }
     }
 
+    /// Drops the memory files' mappings unless the device (data mode
+    /// `mode`, flags `granted`) reaches its requests through /dev/ublkcN:
+    /// zero copy with USER_COPY granted (not, e.g., a device an older rdm
+    /// created, now recovered).
+    pub(crate) fn fit_mappings(&mut self, mode: DataMode, granted: u64) {
+        if mode == DataMode::ZeroCopy && granted & features::F_USER_COPY != 0 {
+            return;
+        }
+        let files = match self {
+            Core::Uring(h) => &mut h.backend,
+            Core::Nbd(h) => &mut h.backend.files,
+            Core::Dax(_) => return,
+        };
+        files.mem.iter_mut().for_each(|m| *m = None);
+    }
+
     /// How each backing device is accessed, for status.
     pub(crate) fn access(&self, dev: usize) -> &'static str {
         match self {
@@ -266,7 +282,7 @@ pub fn serve(
     guard.update(&state)?;
     drop(claims);
     let features = probed.features;
-    let loaded = open_data_path(&cfg, probed, true)?;
+    let mut loaded = open_data_path(&cfg, probed, true)?;
     let aux = aux_files(&cfg.name)?;
     // A device rdm added by hand is deleted on the way out of a failed
     // start, as libublk does for its own (see ctrl_cmd).
@@ -277,6 +293,7 @@ pub fn serve(
         }
         None => add_device(&cfg, loaded.mode, features)?,
     };
+    loaded.core.fit_mappings(mode, ctrl.dev_info().flags);
     // Record the id before the block device appears, so that udev's
     // `rdm udev-name ublkbN` can name it as soon as it does.
     state.dev_id = Some(ctrl.dev_info().dev_id);

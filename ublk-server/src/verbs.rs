@@ -133,8 +133,11 @@ impl Device {
         // claimed from then on.
         let claims = crate::claims::lock().map_err(|e| e.to_string())?;
         let probed = probe(&cfg, None).map_err(|e| e.to_string())?;
-        let loaded = open_data_path(&cfg, probed, self.mode != DataMode::ZeroCopy)
+        let mut loaded = open_data_path(&cfg, probed, self.mode != DataMode::ZeroCopy)
             .map_err(|e| e.to_string())?;
+        loaded
+            .core
+            .fit_mappings(self.mode, self.stopper.ctrl.dev_info().flags);
         let text = cfg.table.to_string();
         let mode = loaded.mode;
         *lock(&self.inactive) = Some(Arc::new(loaded));

@@ -161,6 +161,14 @@ fn plain(kind: u16, offset: u64, len: u32) -> Cmd {
 }
 
 impl Backend for NbdBackend {
+    /// A file's piece as the files backend moves it; an export's never.
+    fn transfer_now(&self, t: Transfer, buf: Buffer) -> Option<Result<(), i32>> {
+        match self.exports.get(t.dev)? {
+            Some(_) => None,
+            None => self.files.transfer_now(t, buf),
+        }
+    }
+
     async fn transfer<R: Ring>(&self, ring: &R, t: Transfer, buf: Buffer) -> Result<(), i32> {
         let Some(e) = &self.exports[t.dev] else {
             return self.files.transfer(ring, t, buf).await;
