@@ -27,8 +27,6 @@ pub const MAX_PIECE: u64 = 16 << 10;
 const PAGE: u64 = 4096;
 /// `mincore` is asked about at most this many pages at once.
 const MAX_PAGES: usize = (MAX_PIECE / PAGE) as usize + 1;
-/// `statfs.f_type` of tmpfs (`linux/magic.h`).
-const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 /// A shared mapping of the first `len` bytes of a memory file, with a bit
 /// per page that says its page exists.
@@ -51,7 +49,7 @@ impl MemFile {
     /// the mapping fails (the io_uring path serves it as before).
     pub fn map(f: &File, len: u64, writable: bool) -> Option<Self> {
         let st = rustix::fs::fstatfs(f).ok()?;
-        if st.f_type as i64 != TMPFS_MAGIC || len == 0 {
+        if st.f_type != libc::TMPFS_MAGIC || len == 0 {
             return None;
         }
         let prot = if writable {
@@ -215,7 +213,7 @@ mod tests {
             .ok()?;
         f.set_len(len).unwrap();
         let st = rustix::fs::fstatfs(&f).unwrap();
-        (st.f_type as i64 == TMPFS_MAGIC).then_some((f, p))
+        (st.f_type == libc::TMPFS_MAGIC).then_some((f, p))
     }
 
     /// Stands in for /dev/ublkcN: a sparse file written and read at the
