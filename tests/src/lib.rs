@@ -412,6 +412,16 @@ impl Device {
 impl Drop for Device {
     fn drop(&mut self) {
         if !self.removed {
+            // A failing test: what the server said is the first clue, and
+            // the removal below deletes it.
+            if std::thread::panicking() {
+                let log = run_dir().join(format!("{}.log", self.name));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- {} (last 40 lines)", log.display());
+                tail.iter().rev().for_each(|l| eprintln!("{l}"));
+                eprintln!("--- rdm status {}: {}", self.name, rdm(&["status", &self.name]));
+            }
             let out = rdm(&["remove", "--force", &self.name]);
             if !out.ok() {
                 eprintln!("cleanup: rdm remove --force {}: {out}", self.name);
