@@ -420,7 +420,11 @@ impl Drop for Device {
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
                 eprintln!("--- {} (last 40 lines)", log.display());
                 tail.iter().rev().for_each(|l| eprintln!("{l}"));
-                eprintln!("--- rdm status {}: {}", self.name, rdm(&["status", &self.name]));
+                eprintln!(
+                    "--- rdm status {}: {}",
+                    self.name,
+                    rdm(&["status", &self.name])
+                );
             }
             let out = rdm(&["remove", "--force", &self.name]);
             if !out.ok() {
