@@ -176,7 +176,7 @@ impl Core {
     /// zero copy with USER_COPY granted (not, e.g., a device an older rdm
     /// created, now recovered).
     pub(crate) fn fit_mappings(&mut self, mode: DataMode, granted: u64) {
-        if mode == DataMode::ZeroCopy && granted & features::F_USER_COPY != 0 {
+        if mappings_usable(mode, granted) {
             return;
         }
         let files = match self {
@@ -652,8 +652,9 @@ pub(crate) fn open_data_path(
             let (f, direct) = backing::open(p, !cfg.read_only).map_err(backing_err)?;
             discard &= backing::supports_discard(&f);
             back.push(Backing { fixed, direct });
-            let user_copy = features & features::F_USER_COPY != 0;
-            mem.push(if mode == DataMode::ZeroCopy && user_copy {
+            // Mapped only where the device may get USER_COPY; whether it
+            // did is known after ADD_DEV (`fit_mappings`).
+            mem.push(if mappings_usable(mode, features) {
                 MemFile::map(&f, need[i], !cfg.read_only)
             } else {
                 None
@@ -836,6 +837,14 @@ fn set_scheduler(dev: &str, bdev: &str, scheduler: &str) -> Result<(), ServerErr
         }
     }
     Ok(())
+}
+
+/// Whether memory files can be served through their mappings on a device
+/// in `mode` with `flags` (the kernel's offer before ADD_DEV, the grant
+/// after): only zero copy with USER_COPY reaches the request's pages
+/// through /dev/ublkcN.
+fn mappings_usable(mode: DataMode, flags: u64) -> bool {
+    mode == DataMode::ZeroCopy && flags & features::F_USER_COPY != 0
 }
 
 /// Whether the DAX path moves request data with USER_COPY (one kernel copy
