@@ -159,3 +159,32 @@ impl Buffer {
         }
     }
 }
+
+/// One copy by `pread`/`pwrite` on a queue's `/dev/ublkcN` (`cdev`) between
+/// the pages of request `(q_id, tag)`, from byte `buf_offset`, and `n`
+/// bytes of our memory at `at`: a WRITE request's data into memory
+/// (`into_mem`, a `pread`), or memory into a READ request (a `pwrite`).
+/// Returns what the syscall did: a short count or an error is the
+/// caller's to handle.
+///
+/// # Safety
+/// `cdev` must be open for the call, and `at..at + n` mapped (writable
+/// when `into_mem`) and touched by nothing else meanwhile.
+pub(crate) unsafe fn cdev_copy(
+    cdev: i32,
+    (q_id, tag, buf_offset): (u16, u16, u64),
+    at: *mut u8,
+    n: usize,
+    into_mem: bool,
+) -> rustix::io::Result<usize> {
+    // SAFETY: the caller's contract.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(cdev) };
+    let pos = Buffer::user_copy_pos(q_id, tag, buf_offset);
+    if into_mem {
+        // SAFETY: the caller's contract.
+        rustix::io::pread(fd, unsafe { std::slice::from_raw_parts_mut(at, n) }, pos)
+    } else {
+        // SAFETY: the caller's contract.
+        rustix::io::pwrite(fd, unsafe { std::slice::from_raw_parts(at, n) }, pos)
+    }
+}

@@ -19,7 +19,7 @@ use rdm_dax::{DaxError, DaxKind, DaxMapping};
 use rdm_targets::{DevIdx, Table};
 
 use super::{needed_bytes, Backend, Transfer};
-use crate::buffer::Buffer;
+use crate::buffer::{cdev_copy, Buffer};
 use crate::dax_path::{DaxDecision, DaxDecisionError};
 use crate::ring::{transfer_all, Ring};
 
@@ -217,35 +217,20 @@ fn user_copy_now(
 ) -> Result<(), i32> {
     let len = t.len as usize;
     // SAFETY: as in `user_copy`; the syscalls complete before returning.
-    let base = unsafe {
-        if t.write {
-            m.as_mut_ptr_range(t.dev_offset, len)
-        } else {
-            m.as_ptr_range(t.dev_offset, len).map(|p| p as *mut u8)
-        }
-    }
-    .map_err(dax_errno)?;
-    // SAFETY: the descriptor is the queue's /dev/ublkcN, open while the
-    // queue serves requests.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(cdev) };
+    let base = unsafe { piece_ptr(m, t) }?;
     let mut done = 0usize;
     let mut retries = 0;
     while done < len {
-        let pos = libublk::io::UblkIOCtx::ublk_user_copy_pos(
-            q_id,
-            tag,
-            (t.buf_offset as usize + done) as u32,
-        );
-        // SAFETY: `done < len`, inside the checked range.
-        let at = unsafe { base.add(done) };
-        let r = if t.write {
-            // SAFETY: the mapped range is writable for `len - done` bytes.
-            let dst = unsafe { std::slice::from_raw_parts_mut(at, len - done) };
-            rustix::io::pread(fd, dst, pos)
-        } else {
-            // SAFETY: the mapped range is readable for `len - done` bytes.
-            let src = unsafe { std::slice::from_raw_parts(at, len - done) };
-            rustix::io::pwrite(fd, src, pos)
+        // SAFETY: the queue's /dev/ublkcN is open while it serves; `done <
+        // len`, inside the checked range (writable for writes).
+        let r = unsafe {
+            cdev_copy(
+                cdev,
+                (q_id, tag, t.buf_offset + done as u64),
+                base.add(done),
+                len - done,
+                t.write,
+            )
         };
         match r {
             Ok(0) => return Err(EIO),
@@ -265,6 +250,25 @@ fn user_copy_now(
     Ok(())
 }
 
+/// The mapped bytes of piece `t`, bounds checked (and, for a write,
+/// writability).
+///
+/// # Safety
+/// The pointer is valid only while `m` is alive and unchanged; the caller
+/// persists what the kernel stores through it before completing.
+unsafe fn piece_ptr(m: &DaxMapping, t: Transfer) -> Result<*mut u8, i32> {
+    let len = t.len as usize;
+    // SAFETY: the caller's contract.
+    unsafe {
+        if t.write {
+            m.as_mut_ptr_range(t.dev_offset, len)
+        } else {
+            m.as_ptr_range(t.dev_offset, len).map(|p| p as *mut u8)
+        }
+    }
+    .map_err(dax_errno)
+}
+
 /// USER_COPY: one piece between the request (through /dev/ublkcN) and the
 /// mapped range itself. A WRITE request is a READ from the cdev into the
 /// mapping followed by a persist; a READ request a WRITE from the mapping.
@@ -280,14 +284,7 @@ async fn user_copy<R: Ring>(
     // before this function returns, while `m` (owned by the backend, which
     // outlives every request) is alive; the kernel's stores are persisted
     // below before the request completes.
-    let base = unsafe {
-        if t.write {
-            m.as_mut_ptr_range(t.dev_offset, len)
-        } else {
-            m.as_ptr_range(t.dev_offset, len).map(|p| p as *mut u8)
-        }
-    }
-    .map_err(dax_errno)?;
+    let base = unsafe { piece_ptr(m, t) }?;
     transfer_all(ring, t.len, |done| {
         let pos =
             libublk::io::UblkIOCtx::ublk_user_copy_pos(q_id, tag, (t.buf_offset + done) as u32);

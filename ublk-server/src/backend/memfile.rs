@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::mm::{MapFlags, ProtFlags};
 
+use crate::buffer::cdev_copy;
+
 /// The largest piece moved through the mapping.
 pub const MAX_PIECE: u64 = 16 << 10;
 const PAGE: u64 = 4096;
@@ -157,19 +159,19 @@ impl MemFile {
         if !write && !self.resident(offset, len) {
             return None;
         }
-        // SAFETY: the queue's /dev/ublkcN is open while it serves.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(cdev) };
-        let pos = libublk::io::UblkIOCtx::ublk_user_copy_pos(q_id, tag, buf_offset as u32);
-        // SAFETY: inside the mapping (checked above); the kernel copies
-        // through it and a fault it cannot serve is an error, not a signal.
-        let at = unsafe { self.ptr.add(offset as usize) };
         let n = len as usize;
-        let r = if write {
-            // SAFETY: as above; writable checked.
-            rustix::io::pread(fd, unsafe { std::slice::from_raw_parts_mut(at, n) }, pos)
-        } else {
-            // SAFETY: as above.
-            rustix::io::pwrite(fd, unsafe { std::slice::from_raw_parts(at, n) }, pos)
+        // SAFETY: the queue's /dev/ublkcN is open while it serves; the range
+        // is inside the mapping (checked above, writable for writes), and
+        // the kernel copies through it: a fault it cannot serve is an
+        // error, not a signal.
+        let r = unsafe {
+            cdev_copy(
+                cdev,
+                (q_id, tag, buf_offset),
+                self.ptr.add(offset as usize),
+                n,
+                write,
+            )
         };
         match r {
             Ok(done) if done == n => {
