@@ -9,6 +9,7 @@
 # read-64k-qd8 job over a filled file): kernel dm-linear on loop, rdm zero
 # copy with scheduler none and with the kernel's, and rublk's zero copy if
 # target/bench/rublk is built. Results in target/prof/r64-*.
+# MODE=large: see below. MODE=qd1 stops after the 4 KiB QD1 rows.
 ROOT=$(pwd)
 R=${RDM:-$ROOT/target/release/rdm}
 OUT=$ROOT/target/prof
@@ -36,6 +37,8 @@ prof() {
   perf report -i /tmp/$tag.data --sort comm,dso --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -30 > $OUT/$tag.dso
   perf report -i /tmp/$tag.data --sort sym --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -70 > $OUT/$tag.sym
   perf report -i /tmp/$tag.data --sort comm --stdio 2>/dev/null | grep -v "^#" | grep -v "^$" | head -20 > $OUT/$tag.comm
+  # The server thread's own symbols (kernel and user), by share of all samples.
+  perf report -i /tmp/$tag.data --sort comm,sym --stdio 2>/dev/null | grep -E "rdm-queue|rublk" | head -40 > $OUT/$tag.srv
 }
 if [ "$MODE" = r64 ]; then
   R64="--rw=read --bs=64k --iodepth=8"
@@ -59,6 +62,25 @@ if [ "$MODE" = r64 ]; then
   echo r64-done
   exit 0
 fi
+# MODE=large: the bench's three large-I/O jobs (64k read and write at QD8,
+# 512k read at QD4), kernel dm-linear on loop against rdm zero copy with
+# scheduler none. Results in target/prof/{r64,w64,r512}-*.
+if [ "$MODE" = large ]; then
+  for J in "r64 --rw=read --bs=64k --iodepth=8" "w64 --rw=write --bs=64k --iodepth=8" \
+           "r512 --rw=read --bs=512k --iodepth=4"; do
+    set -- $J; T=$1; shift
+    L=$(losetup -f --show --direct-io=on /tmp/lin.img)
+    echo "0 262144 linear $L 0" | dmsetup create plin && dmsetup mknodes plin
+    prof $T-dm-linear /dev/mapper/plin "$@"
+    dmsetup remove plin; losetup -d $L
+    $R create prof --table "0 262144 linear /tmp/lin.img 0" --zero-copy on --dax off >/dev/null
+    sleep 1
+    prof $T-rdm-zc-none /dev/ublkb0 "$@"
+    $R remove prof
+  done
+  echo large-done
+  exit 0
+fi
 L=$(losetup -f --show --direct-io=on /tmp/lin.img)
 echo "0 262144 linear $L 0" | dmsetup create plin && dmsetup mknodes plin
 prof dm-linear /dev/mapper/plin $QD1
@@ -72,6 +94,7 @@ sleep 1
 prof rdm-copy /dev/ublkb0 $QD1
 $R remove prof
 echo qd1-done
+[ "$MODE" = qd1 ] && exit 0
 if [ -e /dev/pmem0 ]; then
   mkdir -p /tmp/pm
   mkfs.ext4 -q -F -b 4096 /dev/pmem0 && mount -o dax /dev/pmem0 /tmp/pm
