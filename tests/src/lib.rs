@@ -193,6 +193,18 @@ pub fn kernel_has(name: &str) -> bool {
         .is_some_and(|a| a.iter().any(|n| n == name))
 }
 
+/// True if the running kernel's ublk offers feature `name`. Otherwise
+/// prints a SKIP line naming the kernel and the feature (a test that
+/// returns early still reports `ok`) and returns false.
+pub fn require_feature(name: &str) -> bool {
+    if kernel_has(name) {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    println!("SKIP {test}: kernel {} has no {name}", kernel_release());
+    false
+}
+
 /// The `mode` rdm reports for a `--zero-copy` value.
 pub fn mode_name(zero_copy: &str) -> &'static str {
     match zero_copy {

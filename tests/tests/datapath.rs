@@ -310,7 +310,7 @@ impl Drop for Mounted {
 /// committed in batches serve the same bytes as kernel dm, and fio verifies.
 #[test]
 fn batch_io_matches_dm_and_verifies() {
-    if !require_ublk() || !kernel_has("BATCH_IO") {
+    if !require_ublk() || !require_feature("BATCH_IO") {
         return;
     }
     let s = Scratch::new("batch");
@@ -342,7 +342,7 @@ fn batch_io_matches_dm_and_verifies() {
 /// 6.16+), each on its own ring: the same bytes as kernel dm, fio verifies.
 #[test]
 fn io_threads_share_a_queue_and_serve_the_same_bytes() {
-    if !require_ublk() || !kernel_has("PER_IO_DAEMON") {
+    if !require_ublk() || !require_feature("PER_IO_DAEMON") {
         return;
     }
     let s = Scratch::new("iothreads");
@@ -380,7 +380,7 @@ fn allocated(path: &str) -> u64 {
 #[test]
 fn tmpfs_files_are_served_through_their_mapping() {
     use std::os::unix::fs::FileExt;
-    if !require_ublk() || !kernel_has("AUTO_BUF_REG") {
+    if !require_ublk() || !require_feature("AUTO_BUF_REG") {
         return;
     }
     let s = Scratch::new("memfile");
