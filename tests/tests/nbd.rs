@@ -36,6 +36,12 @@ fn four_exports(s: &Scratch, port0: u16) -> (Vec<String>, Vec<NbdServer>) {
     (files, servers)
 }
 
+/// For tests of data, not of timeouts: a TCG guest on a busy host can
+/// stall long enough (fio saw 4 KiB writes take 129 ms at best and 35 s at
+/// worst) for the default 30 s to expire on requests the servers were
+/// about to answer. A request that really hangs still fails, later.
+const SLOW_GUEST_TIMEOUT: [&str; 2] = ["--nbd-timeout", "120"];
+
 fn fill(tpl: &str, devs: &[String]) -> String {
     let mut t = tpl.to_string();
     for (i, d) in devs.iter().enumerate() {
@@ -51,7 +57,11 @@ fn fill(tpl: &str, devs: &[String]) -> String {
 fn crosscheck(tag: &str, tpl: &str, files: &[String], uris: &[String], len: usize) {
     let _watchdog = Watchdog::new(&format!("nbd-x-{tag}"), 600);
     let seed = 500;
-    let dev = Device::create(&format!("nbd-x-{tag}"), &fill(tpl, uris), &[]);
+    let dev = Device::create(
+        &format!("nbd-x-{tag}"),
+        &fill(tpl, uris),
+        &SLOW_GUEST_TIMEOUT,
+    );
     assert_eq!(dev_size(dev.bdev_str()) as usize, len);
     write_dev(dev.bdev_str(), 0, &random_bytes(len, seed));
     dev.remove();
@@ -68,7 +78,11 @@ fn crosscheck(tag: &str, tpl: &str, files: &[String], uris: &[String], len: usiz
         write_dev(&dm.dev, 0, &random_bytes(len, seed + 1));
     }
     drop_caches();
-    let dev = Device::create(&format!("nbd-x-{tag}"), &fill(tpl, uris), &[]);
+    let dev = Device::create(
+        &format!("nbd-x-{tag}"),
+        &fill(tpl, uris),
+        &SLOW_GUEST_TIMEOUT,
+    );
     let got = read_at(dev.bdev_str(), 0, len);
     assert_same_bytes(
         &got,
@@ -114,7 +128,9 @@ fn fio_verify_striped_over_exports_on_two_queues() {
     let uris: Vec<String> = servers.iter().map(|e| e.uri.clone()).collect();
     let table = fill("0 131072 striped 4 128 {0} 0 {1} 0 {2} 0 {3} 0", &uris);
     let _watchdog = Watchdog::new("nbd-fio", 600);
-    let dev = Device::create("nbd-fio", &table, &["--queues", "2", "--depth", "64"]);
+    let mut opts = vec!["--queues", "2", "--depth", "64"];
+    opts.extend(SLOW_GUEST_TIMEOUT);
+    let dev = Device::create("nbd-fio", &table, &opts);
     for shape in [
         &["--bs=4k", "--io_size=2M"][..],
         &["--bssplit=4k/30:64k/40:512k/30", "--io_size=8M"][..],
