@@ -11,23 +11,28 @@
 //! (as the kernel's `dm-linear.c`, `dm-stripe.c`…), registered by its table
 //! word in `targets/mod.rs`. The parser, validator and mapper name none.
 //!
-//! What does *not* belong here: any I/O. Facts about backing files (their size,
+//! A target either remaps (a pure function, as above) or serves the parts
+//! it takes itself through the [`IoCtx`] the daemon lends it ([`serve`]).
+//!
+//! What does *not* belong here: any I/O of its own. Facts about backing files (their size,
 //! whether they are read-only, which inode they are, whether they can do DAX)
 //! are gathered by the caller and handed in as [`DeviceInfo`] values, so that
 //! everything in this crate is deterministic and testable on any host.
 
 mod args;
 mod error;
+pub mod serve;
 mod table;
 mod target;
 mod targets;
 mod validate;
 
 pub use error::{MapError, TableError, TableErrorKind};
+pub use serve::{Data, IoCtx, IoFuture, IoMem};
 pub use table::{Segment, Table, MAX_TABLE_BYTES};
 pub use target::{
-    flush_piece, Corrupt, Ctr, CtrResult, DevIdx, Extent, Io, Op, Piece, PieceKind, StatusCtx,
-    Target, TargetType,
+    flush_as, flush_piece, Ctr, CtrResult, DevIdx, Extent, Io, MessageFuture, Op, Piece, PieceKind,
+    StatusCtx, Target, TargetType,
 };
 pub use targets::REGISTRY;
 pub use validate::DeviceInfo;
@@ -36,3 +41,8 @@ pub use validate::DeviceInfo;
 pub const SECTOR_SIZE: u64 = 512;
 /// log2 of [`SECTOR_SIZE`].
 pub const SECTOR_SHIFT: u32 = 9;
+/// The kernel's `REQ_FUA` bit of [`Io::opf`].
+pub const REQ_FUA: u32 = 1 << 17;
+/// The kernel's `REQ_PREFLUSH` bit of [`Io::opf`] (ublk never sets it: a
+/// FLUSH arrives as its own request).
+pub const REQ_PREFLUSH: u32 = 1 << 18;

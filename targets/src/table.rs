@@ -308,6 +308,38 @@ impl Table {
 
     /// FLUSH: what each segment's target does with a flush (by default,
     /// flush every device it uses).
+    /// The target of a [`PieceKind::Serve`] piece and the part of the
+    /// request it stands for, as that target's `serve` gets it.
+    pub fn served(&self, p: &Piece, op: Op, opf: u32) -> Option<(&dyn Target, Io)> {
+        let PieceKind::Serve { offset } = p.kind else {
+            return None;
+        };
+        let seg = self.segments.get(p.segment)?;
+        let io = Io {
+            op,
+            opf,
+            segment: p.segment,
+            offset,
+            len: p.len >> SECTOR_SHIFT,
+            buf_offset: p.buf_offset,
+        };
+        Some((&*seg.target, io))
+    }
+
+    /// Whether any segment's target serves requests or has hooks.
+    pub fn has_serving_targets(&self) -> bool {
+        self.segments.iter().any(|s| s.target.serves())
+    }
+
+    /// The segment holding `sector`, for messages (`dmsetup message`
+    /// addresses a target by a sector inside it).
+    pub fn segment_at(&self, sector: u64) -> Option<usize> {
+        if sector >= self.total_sectors {
+            return None;
+        }
+        Some(self.segments.partition_point(|s| s.start <= sector) - 1)
+    }
+
     pub fn flush(&self, out: &mut Vec<Piece>) {
         for (i, s) in self.segments.iter().enumerate() {
             s.target.flush(i, out);
@@ -327,14 +359,7 @@ fn continues(m: &Piece, p: &Piece) -> bool {
                 dev: d2,
                 dev_offset: o2,
             },
-        ) => {
-            d1 == d2
-                && m.segment == p.segment
-                && o1 + m.len == o2
-                && m.delay_ms == p.delay_ms
-                && m.corrupt == [None, None]
-                && p.corrupt == [None, None]
-        }
+        ) => d1 == d2 && m.segment == p.segment && o1 + m.len == o2,
         _ => false,
     }
 }

@@ -4,10 +4,14 @@
 //! trait; each target lives in its own file under `targets/`.
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Serialize;
+
+use crate::serve::{ready, IoCtx, IoFuture, EIO};
 
 /// Index of a backing device in [`crate::Table::devices`].
 pub type DevIdx = usize;
@@ -67,10 +71,14 @@ impl Io {
             buf_offset: self.buf_offset,
             len: self.len << crate::SECTOR_SHIFT,
             kind,
-            delay_ms: 0,
-            delay_class: 0,
-            corrupt: [None, None],
         }
+    }
+
+    /// A piece this segment's target serves itself.
+    pub fn served(&self) -> Piece {
+        self.piece(PieceKind::Serve {
+            offset: self.offset,
+        })
     }
 }
 
@@ -88,13 +96,6 @@ pub struct Piece {
     /// Length in bytes (a multiple of 512).
     pub len: u64,
     pub kind: PieceKind,
-    /// Hold the piece this long before serving it (dm-delay).
-    pub delay_ms: u32,
-    /// Which of the target's delay classes holds it, for [`Target::held`].
-    pub delay_class: u8,
-    /// Replace one byte of the piece's data (dm-flakey's corruption): of a
-    /// write before it reaches the device, of a read after it completes.
-    pub corrupt: [Option<Corrupt>; 2],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -108,13 +109,10 @@ pub enum PieceKind {
     Drop,
     /// The piece fails with EIO.
     Error,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Corrupt {
-    /// Byte offset inside the piece.
-    pub at: u64,
-    pub value: u8,
+    /// `DM_MAPIO_SUBMITTED`: the segment's target serves this part itself
+    /// ([`Target::serve`]), from sector `offset` of the segment (for a
+    /// FLUSH: the segment's flush, `len` 0).
+    Serve { offset: u64 },
 }
 
 /// A range of a backing device that a segment uses (`iterate_devices`).
@@ -156,14 +154,58 @@ pub trait Target: fmt::Debug + Send + Sync {
         for e in self.extents(segment) {
             if !seen.contains(&e.dev) {
                 seen.push(e.dev);
-                out.push(flush_piece(segment, e.dev, 0));
+                out.push(flush_piece(segment, e.dev));
             }
         }
     }
 
-    /// The server holds (`waiting`) or releases a piece of delay class
-    /// `class`, for targets that count what they hold.
-    fn held(&self, _class: u8, _waiting: bool) {}
+    /// Serves a part that [`Target::map`] or [`Target::flush`] returned as
+    /// [`PieceKind::Serve`], through the queue's I/O context; the request
+    /// completes when every piece's future has (dm's `map` returning
+    /// `DM_MAPIO_SUBMITTED`, then `bio_endio`).
+    fn serve<'a>(&'a self, _io: Io, _ctx: &'a dyn IoCtx) -> IoFuture<'a> {
+        ready(Err(EIO))
+    }
+
+    /// Whether [`Target::map`] may return [`PieceKind::Serve`] pieces, or the
+    /// target has hooks or messages: the daemon then runs the hooks
+    /// around suspend and resume.
+    fn serves(&self) -> bool {
+        false
+    }
+
+    /// `dmsetup message <sector> <argv…>` addressed to this segment: the
+    /// target's answer (printed, may be empty), or its refusal.
+    fn message<'a>(&'a self, _argv: &'a [String], _ctx: &'a dyn IoCtx) -> MessageFuture<'a> {
+        Box::pin(std::future::ready(Err(
+            "Target type does not support messages".to_string(),
+        )))
+    }
+
+    /// Before new I/O is held for a suspend (dm's `presuspend`): a target
+    /// flushes or stops what it does in the background. Runs on a queue
+    /// thread, as a job.
+    fn presuspend<'a>(&'a self, _ctx: &'a dyn IoCtx) -> IoFuture<'a> {
+        ready(Ok(()))
+    }
+
+    /// After the I/O in flight has finished (dm's `postsuspend`).
+    fn postsuspend<'a>(&'a self, _ctx: &'a dyn IoCtx) -> IoFuture<'a> {
+        ready(Ok(()))
+    }
+
+    /// Once the device serves again after a resume, a create or a
+    /// recovery (dm's `resume`): a target restarts its background work
+    /// from what is on its devices.
+    fn resume<'a>(&'a self, _ctx: &'a dyn IoCtx) -> IoFuture<'a> {
+        ready(Ok(()))
+    }
+
+    /// The last I/O before the table goes away (a remove, or a resume that
+    /// swaps in another table): what dm targets do in `dtr`.
+    fn stop<'a>(&'a self, _ctx: &'a dyn IoCtx) -> IoFuture<'a> {
+        ready(Ok(()))
+    }
 
     /// The arguments after the type word, as `dmsetup table` prints them
     /// (`STATUSTYPE_TABLE`), with `devs[i]` for device `i`.
@@ -193,17 +235,23 @@ pub trait Target: fmt::Debug + Send + Sync {
 }
 
 /// A FLUSH piece for `dev`.
-pub fn flush_piece(segment: usize, dev: DevIdx, delay_ms: u32) -> Piece {
+pub fn flush_piece(segment: usize, dev: DevIdx) -> Piece {
+    flush_as(segment, PieceKind::Io { dev, dev_offset: 0 })
+}
+
+/// A FLUSH piece of kind `kind` (a target's own flush: [`PieceKind::Serve`]).
+pub fn flush_as(segment: usize, kind: PieceKind) -> Piece {
     Piece {
         segment,
         buf_offset: 0,
         len: 0,
-        kind: PieceKind::Io { dev, dev_offset: 0 },
-        delay_ms,
-        delay_class: 0,
-        corrupt: [None, None],
+        kind,
     }
 }
+
+/// A message's answer or refusal (the kernel's `DMEMIT` text or its
+/// `DMWARN`/`-EINVAL`).
+pub type MessageFuture<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + 'a>>;
 
 /// What a constructor gets: the segment length and its arguments, and the
 /// table's device list (`dm_get_device`).

@@ -1,7 +1,10 @@
 //! `flakey` and `delay`: their tables (the kernel's syntax, checks and
 //! messages, printed back as `dmsetup table` does) and their maps.
 
-use rdm_targets::{Corrupt, DeviceInfo, Op, Piece, PieceKind, StatusCtx, Table};
+mod model;
+
+use model::{block_on, poll_once, MemCtx};
+use rdm_targets::{DeviceInfo, Op, Piece, PieceKind, StatusCtx, Table};
 
 fn msg(text: &str) -> String {
     Table::parse(text)
@@ -158,7 +161,6 @@ fn flakey_maps_plainly_while_up() {
         let p = map(&t, op, 0, 4, 8);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].kind, io(0, (8 + 4) * 512));
-        assert_eq!(p[0].corrupt, [None, None]);
     }
     let mut f = Vec::new();
     t.flush(&mut f);
@@ -189,36 +191,110 @@ fn flakey_down_interval_follows_dm_flakey() {
     assert_eq!(down("1 drop_writes"), [ok, Drop, Drop, Drop]);
     assert_eq!(down("1 error_writes"), [ok, Error, Error, Error]);
     assert_eq!(down("2 error_reads drop_writes"), [Error, Drop, Drop, Drop]);
-    assert_eq!(down("5 corrupt_bio_byte 1 r 0 0"), [ok, ok, ok, ok]);
+    // Reads that may be corrupted are served by the target itself.
+    let served = PieceKind::Serve { offset: 0 };
+    assert_eq!(down("5 corrupt_bio_byte 1 r 0 0"), [served, ok, ok, ok]);
+}
+
+/// Serves one request through its pieces on the model: remapped pieces
+/// as the handler would, served ones through the target.
+fn serve(t: &Table, ctx: &MemCtx, op: Op, opf: u32, sector: u64, nr: u64) -> Result<(), i32> {
+    for p in map(t, op, opf, sector, nr) {
+        match p.kind {
+            PieceKind::Io { dev, dev_offset } => {
+                let d = rdm_targets::Data::Request(p.buf_offset);
+                let f = match op {
+                    Op::Read => ctx_read(ctx, dev, dev_offset, p.len, d),
+                    _ => ctx_write(ctx, dev, dev_offset, p.len, d),
+                };
+                block_on(f)?;
+            }
+            PieceKind::Serve { .. } => {
+                let (target, io) = t.served(&p, op, opf).expect("a served piece");
+                block_on(target.serve(io, ctx))?;
+            }
+            k => panic!("unexpected piece {k:?}"),
+        }
+    }
+    Ok(())
+}
+
+fn ctx_read<'a>(
+    c: &'a MemCtx,
+    dev: usize,
+    off: u64,
+    len: u64,
+    d: rdm_targets::Data<'a>,
+) -> rdm_targets::IoFuture<'a> {
+    rdm_targets::IoCtx::read(c, dev, off, len, d)
+}
+
+fn ctx_write<'a>(
+    c: &'a MemCtx,
+    dev: usize,
+    off: u64,
+    len: u64,
+    d: rdm_targets::Data<'a>,
+) -> rdm_targets::IoFuture<'a> {
+    rdm_targets::IoCtx::write(c, dev, off, len, d, false)
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8 + 1).collect()
 }
 
 #[test]
 fn flakey_corrupts_the_nth_byte_of_matching_io() {
+    // A write: byte 100 on the device is 7, the caller's data untouched.
     let t = Table::parse("0 64 flakey /a 0 0 1 5 corrupt_bio_byte 100 w 7 0").unwrap();
-    let w = map(&t, Op::Write, 1, 0, 8);
-    assert_eq!(w[0].corrupt, [Some(Corrupt { at: 99, value: 7 }), None]);
-    assert_eq!(map(&t, Op::Read, 0, 0, 8)[0].corrupt, [None, None]);
-    // Beyond the I/O: nothing to corrupt.
+    let ctx = MemCtx::new(&[64 * 512], pattern(4096));
+    serve(&t, &ctx, Op::Write, 1, 0, 8).unwrap();
+    let mut want = pattern(4096);
+    want[99] = 7;
+    assert_eq!(&ctx.dev(0)[..4096], &want[..]);
+    assert_eq!(*ctx.req.borrow(), pattern(4096));
+    // Reads are not corrupted by a write-direction feature: a plain remap.
+    assert!(matches!(
+        map(&t, Op::Read, 0, 0, 8)[0].kind,
+        PieceKind::Io { .. }
+    ));
+    // A read: the byte changes in the caller's buffer, not on the device.
     let t = Table::parse("0 64 flakey /a 0 0 1 5 corrupt_bio_byte 5000 r 7 0").unwrap();
-    assert_eq!(map(&t, Op::Read, 0, 0, 8)[0].corrupt, [None, None]);
-    assert_eq!(
-        map(&t, Op::Read, 0, 0, 16)[0].corrupt,
-        [Some(Corrupt { at: 4999, value: 7 }), None]
-    );
+    let ctx = MemCtx::new(&[64 * 512], vec![0; 8192]);
+    ctx.devs.borrow_mut()[0][..8192].copy_from_slice(&pattern(8192));
+    // Beyond the I/O: nothing to corrupt.
+    serve(&t, &ctx, Op::Read, 0, 0, 8).unwrap();
+    assert_eq!(&ctx.req.borrow()[..4096], &pattern(4096)[..]);
+    serve(&t, &ctx, Op::Read, 0, 0, 16).unwrap();
+    let mut want = pattern(8192);
+    want[4999] = 7;
+    assert_eq!(*ctx.req.borrow(), want);
+    assert_eq!(&ctx.dev(0)[..8192], &pattern(8192)[..]);
     // Flags: every bit of the mask must be set in bi_opf (REQ_FUA = 1<<17).
     let t = Table::parse("0 64 flakey /a 0 0 1 5 corrupt_bio_byte 1 w 7 131072").unwrap();
-    assert_eq!(map(&t, Op::Write, 1, 0, 8)[0].corrupt, [None, None]);
-    assert!(map(&t, Op::Write, 1 | 1 << 17, 0, 8)[0].corrupt[0].is_some());
-    // Discards carry no data.
-    assert_eq!(
-        map(&t, Op::Discard, 3 | 1 << 17, 0, 8)[0].corrupt,
-        [None, None]
-    );
-    // Certain random corruption: one byte inside the piece.
+    let ctx = MemCtx::new(&[64 * 512], pattern(4096));
+    serve(&t, &ctx, Op::Write, 1, 0, 8).unwrap();
+    assert_eq!(ctx.dev(0)[0], pattern(1)[0]);
+    serve(&t, &ctx, Op::Write, 1 | 1 << 17, 0, 8).unwrap();
+    assert_eq!(ctx.dev(0)[0], 7);
+    // Discards carry no data: not served.
+    assert!(matches!(
+        map(&t, Op::Discard, 3 | 1 << 17, 0, 8)[0].kind,
+        PieceKind::Io { .. }
+    ));
+    // Certain random corruption: one byte inside the piece differs.
     let t = Table::parse("0 64 flakey /a 0 0 1 2 random_read_corrupt 1000000000").unwrap();
-    for _ in 0..100 {
-        let c = map(&t, Op::Read, 0, 0, 8)[0].corrupt[0].expect("always corrupts");
-        assert!(c.at < 4096);
+    let ctx = MemCtx::new(&[64 * 512], vec![0; 4096]);
+    ctx.devs.borrow_mut()[0][..4096].copy_from_slice(&pattern(4096));
+    for _ in 0..20 {
+        serve(&t, &ctx, Op::Read, 0, 0, 8).unwrap();
+        let got = ctx.req.borrow().clone();
+        let diff = got
+            .iter()
+            .zip(pattern(4096))
+            .filter(|(a, b)| **a != *b)
+            .count();
+        assert!(diff <= 1, "{diff} bytes differ");
     }
 }
 
@@ -247,21 +323,53 @@ fn delay_table_syntax() {
 }
 
 #[test]
-fn delay_maps_each_class_to_its_device_and_delay() {
+fn delay_serves_each_class_on_its_device_after_its_delay() {
     let t = Table::parse("0 64 linear /l 0\n64 64 delay /a 8 10 /b 16 20 /c 24 30").unwrap();
     let r = map(&t, Op::Read, 0, 60, 8);
     assert_eq!(r.len(), 2);
-    assert_eq!((r[0].kind, r[0].delay_ms), (io(0, 60 * 512), 0));
-    assert_eq!((r[1].kind, r[1].delay_ms), (io(1, 8 * 512), 10));
+    assert_eq!(r[0].kind, io(0, 60 * 512));
+    assert_eq!(r[1].kind, PieceKind::Serve { offset: 0 });
     assert_eq!(r[1].buf_offset, 4 * 512);
-    let w = map(&t, Op::Write, 1, 64, 8);
-    assert_eq!((w[0].kind, w[0].delay_ms), (io(2, 16 * 512), 20));
-    let d = map(&t, Op::Discard, 3, 64, 8);
-    assert_eq!((d[0].kind, d[0].delay_ms), (io(2, 16 * 512), 20));
+    let ctx = MemCtx::new(&[64 * 512, 72 * 512, 80 * 512, 88 * 512], vec![0; 4096]);
+    ctx.devs.borrow_mut()[1][8 * 512..12 * 512].copy_from_slice(&pattern(2048));
+    serve(&t, &ctx, Op::Read, 0, 64, 4).unwrap();
+    assert_eq!(&ctx.req.borrow()[..2048], &pattern(2048)[..]);
+    assert_eq!(
+        *ctx.slept.borrow(),
+        vec![std::time::Duration::from_millis(10)]
+    );
+    // Writes and discards: the write class.
+    *ctx.req.borrow_mut() = pattern(4096);
+    serve(&t, &ctx, Op::Write, 1, 64, 8).unwrap();
+    assert_eq!(&ctx.dev(2)[16 * 512..24 * 512], &pattern(4096)[..]);
+    serve(&t, &ctx, Op::Discard, 3, 64, 8).unwrap();
+    assert!(ctx.dev(2)[16 * 512..24 * 512].iter().all(|&b| b == 0));
+    let slept: Vec<u128> = ctx.slept.borrow().iter().map(|d| d.as_millis()).collect();
+    assert_eq!(slept, vec![10, 20, 20]);
+    // Flushes: the linear device at once, the flush class's after 30 ms.
     let mut f = Vec::new();
     t.flush(&mut f);
-    let f: Vec<(PieceKind, u32)> = f.iter().map(|p| (p.kind, p.delay_ms)).collect();
-    assert_eq!(f, vec![(io(0, 0), 0), (io(3, 0), 30)]);
+    assert_eq!(f.len(), 2);
+    assert_eq!(f[0].kind, io(0, 0));
+    assert_eq!(f[1].kind, PieceKind::Serve { offset: 0 });
+    let (target, fio) = t.served(&f[1], Op::Flush, 2).unwrap();
+    block_on(target.serve(fio, &ctx)).unwrap();
+    assert_eq!(*ctx.flushes.borrow(), vec![3]);
+    // A class without a delay is a plain remap.
+    let t = Table::parse("0 64 delay /a 8 0 /b 16 20").unwrap();
+    assert_eq!(map(&t, Op::Read, 0, 0, 8)[0].kind, io(0, 8 * 512));
+    assert_eq!(
+        map(&t, Op::Write, 1, 0, 8)[0].kind,
+        PieceKind::Serve { offset: 0 }
+    );
+    let t = Table::parse("0 64 delay /a 8 0").unwrap();
+    assert!(!t.segments()[0].target.serves());
+    assert_eq!(map(&t, Op::Write, 1, 0, 8)[0].kind, io(0, 8 * 512));
+}
+
+#[test]
+fn delay_extents_cover_every_class() {
+    let t = Table::parse("0 64 linear /l 0\n64 64 delay /a 8 10 /b 16 20 /c 24 30").unwrap();
     // Every class's range must fit its device; only the write class's
     // range counts as written for the overlap check.
     let ex = t.extents();
@@ -288,18 +396,30 @@ fn delay_maps_each_class_to_its_device_and_delay() {
 fn delay_status_counts_what_it_holds() {
     let t = Table::parse("0 8 delay /a 0 10 /b 0 20 /b 8 30").unwrap();
     let names = ["/a".to_string(), "/b".to_string()];
-    let ctx = StatusCtx {
+    let sctx = StatusCtx {
         names: &names,
         dev_errors: &[0, 0],
     };
     let target = &t.segments()[0].target;
-    assert_eq!(target.status(&ctx), "0 0 0");
-    target.held(1, true);
-    target.held(2, true);
-    target.held(2, true);
-    assert_eq!(target.status(&ctx), "0 1 2");
-    target.held(2, false);
+    assert_eq!(target.status(&sctx), "0 0 0");
+    let ctx = MemCtx::new(&[4096, 8192], vec![0; 4096]);
+    let w = map(&t, Op::Write, 1, 0, 8);
+    let (_, wio) = t.served(&w[0], Op::Write, 1).unwrap();
+    let mut f = Vec::new();
+    t.flush(&mut f);
+    let (_, fio) = t.served(&f[0], Op::Flush, 2).unwrap();
+    let mut a = target.serve(wio, &ctx);
+    let mut b = target.serve(fio, &ctx);
+    let mut c = target.serve(fio, &ctx);
+    assert!(poll_once(a.as_mut()).is_none());
+    assert!(poll_once(b.as_mut()).is_none());
+    assert!(poll_once(c.as_mut()).is_none());
+    assert_eq!(target.status(&sctx), "0 1 2");
+    assert_eq!(poll_once(b.as_mut()), Some(Ok(())));
     assert_eq!(t.status_lines(&[0, 0]), vec!["0 8 delay 0 1 1".to_string()]);
+    assert_eq!(poll_once(a.as_mut()), Some(Ok(())));
+    assert_eq!(poll_once(c.as_mut()), Some(Ok(())));
+    assert_eq!(target.status(&sctx), "0 0 0");
 }
 
 #[test]

@@ -162,6 +162,7 @@ proptest! {
                     }
                     PieceKind::Zero => Model::Zero,
                     PieceKind::Error | PieceKind::Drop => Model::Error,
+                    PieceKind::Serve { .. } => unreachable!("only remapping targets here"),
                 };
                 prop_assert_eq!(got, want, "sector {}", s);
             }
@@ -223,6 +224,7 @@ proptest! {
                 }
                 PieceKind::Zero => back[b..b + l].fill(0),
                 PieceKind::Error | PieceKind::Drop => {}
+                PieceKind::Serve { .. } => unreachable!("only remapping targets here"),
             }
         }
         for s in 0..nr {
@@ -249,6 +251,7 @@ fn expand(pieces: &[Piece]) -> Vec<(u8, usize, u64)> {
                 PieceKind::Io { dev, dev_offset } => (0, dev, dev_offset / 512 + k),
                 PieceKind::Zero => (1, p.segment, p.buf_offset / 512 + k),
                 PieceKind::Error | PieceKind::Drop => (2, p.segment, p.buf_offset / 512 + k),
+                PieceKind::Serve { .. } => (3, p.segment, p.buf_offset / 512 + k),
             });
         }
     }

@@ -27,6 +27,9 @@ pub enum Buffer {
         q_id: u16,
         tag: u16,
     },
+    /// A serving target's own memory (not a registered buffer: plain
+    /// READ/WRITE), valid until its I/O completes.
+    Mem { base: *mut u8 },
 }
 
 /// Fixed files that fill kernel buffers: `/dev/zero`, and a file whose
@@ -57,17 +60,23 @@ impl Buffer {
     /// The SQE address of byte `offset` (fixed-buffer I/O).
     pub fn addr(&self, offset: u64) -> u64 {
         match *self {
-            Buffer::User { base, .. } => base as u64 + offset,
+            Buffer::User { base, .. } | Buffer::Mem { base } => base as u64 + offset,
             _ => offset,
         }
     }
 
-    /// The fixed-buffer index.
+    /// The fixed-buffer index (`None`: not a registered buffer).
     pub fn index(&self) -> u16 {
         match *self {
             Buffer::User { index, .. } | Buffer::Kernel { index, .. } => index,
             Buffer::UserCopy { tag, .. } => tag,
+            Buffer::Mem { .. } => u16::MAX,
         }
+    }
+
+    /// Whether I/O reaches it as a registered (fixed) buffer.
+    pub fn is_fixed(&self) -> bool {
+        matches!(self, Buffer::User { .. } | Buffer::Kernel { .. })
     }
 
     fn user_copy_pos(q_id: u16, tag: u16, offset: u64) -> u64 {
@@ -83,7 +92,7 @@ impl Buffer {
         len: u64,
     ) -> Result<(), i32> {
         match *self {
-            Buffer::User { base, .. } => {
+            Buffer::User { base, .. } | Buffer::Mem { base } => {
                 // SAFETY: the range lies inside the request, and the request
                 // fits the tag's buffer (max_sectors ≤ buffer size).
                 unsafe { std::ptr::write_bytes(base.add(offset as usize), 0, len as usize) };
@@ -129,7 +138,7 @@ impl Buffer {
         value: u8,
     ) -> Result<(), i32> {
         match *self {
-            Buffer::User { base, .. } => {
+            Buffer::User { base, .. } | Buffer::Mem { base } => {
                 // SAFETY: as in fill_zero.
                 unsafe { *base.add(offset as usize) = value };
                 Ok(())

@@ -1,12 +1,15 @@
 //! The request handler: one ublk request → the table's pieces → each piece
-//! held (dm-delay), served by the backend, corrupted if its target says so
-//! (dm-flakey) → one result once every piece has completed.
+//! served by the backend (a remap) or by its target itself (through a
+//! [`TargetIo`]) → one result once every piece has completed.
 //!
 //! Read top to bottom: [`Handler::handle`] decodes the operation,
 //! `rdm_targets::Table::map` splits it, and each piece goes to the
-//! [`Backend`] (io_uring files or DAX mappings) on the queue's ring.
+//! [`Backend`] (io_uring files or DAX mappings) on the queue's ring, or to
+//! its target's `serve`.
 
-use io_uring::types;
+use std::future::Future;
+use std::pin::Pin;
+
 use rdm_targets::{Op, Piece, PieceKind, Table};
 
 use crate::backend::{Backend, Transfer};
@@ -14,6 +17,7 @@ use crate::buffer::{Aux, Buffer};
 use crate::request::{Request, EIO};
 use crate::ring::{first_error, join_all, Ring};
 use crate::stats::{Counters, Stats};
+use crate::target_io::TargetIo;
 
 /// Everything a queue needs to serve requests; shared by all queues.
 #[derive(Debug)]
@@ -22,16 +26,23 @@ pub struct Handler<B> {
     pub backend: B,
     pub stats: Stats,
     pub aux: Aux,
+    /// The device's logical block size, for serving targets.
+    pub block_size: u32,
+    /// Each backing device's size in bytes, for serving targets.
+    pub device_bytes: Vec<u64>,
 }
 
 impl<B: Backend> Handler<B> {
     pub fn new(table: Table, backend: B, aux: Aux) -> Self {
         let stats = Stats::new(table.segments().len(), table.devices().len());
+        let device_bytes = vec![0; table.devices().len()];
         Handler {
             table,
             backend,
             stats,
             aux,
+            block_size: 512,
+            device_bytes,
         }
     }
 
@@ -41,7 +52,7 @@ impl<B: Backend> Handler<B> {
     pub async fn handle<R: Ring>(&self, ring: &R, req: Request, buf: Buffer) -> i32 {
         let res = match req.target_op() {
             Some(o @ (Op::Read | Op::Write)) => self.read_write(ring, req, o, buf).await,
-            Some(Op::Flush) => self.flush(ring).await,
+            Some(Op::Flush) => self.flush(ring, req).await,
             Some(o @ (Op::Discard | Op::WriteZeroes)) => self.range_op(ring, req, o).await,
             None => Err(-libc::EOPNOTSUPP),
         };
@@ -62,7 +73,7 @@ impl<B: Backend> Handler<B> {
             if let Some(r) = self.piece_now(p, write, fua, buf) {
                 return r;
             }
-            return self.rw_piece(ring, p, write, fua, buf).await;
+            return self.rw_piece(ring, req, p, buf).await;
         }
         let results = join_all(
             pieces
@@ -70,7 +81,7 @@ impl<B: Backend> Handler<B> {
                 .map(|p| async move {
                     match self.piece_now(p, write, fua, buf) {
                         Some(r) => r,
-                        None => self.rw_piece(ring, p, write, fua, buf).await,
+                        None => self.rw_piece(ring, req, p, buf).await,
                     }
                 })
                 .collect(),
@@ -79,16 +90,12 @@ impl<B: Backend> Handler<B> {
         first_error(results)
     }
 
-    /// Serves a piece at once when the backend can (a memory copy: DAX, or
-    /// a memory file) and it needs no holding or corrupting; `None`
-    /// (nothing done) otherwise.
+    /// Serves a remapped piece at once when the backend can (a memory
+    /// copy: DAX, or a memory file); `None` (nothing done) otherwise.
     fn piece_now(&self, p: &Piece, write: bool, fua: bool, buf: Buffer) -> Option<Result<(), i32>> {
         let PieceKind::Io { dev, dev_offset } = p.kind else {
             return None;
         };
-        if p.delay_ms != 0 || p.corrupt != [None, None] {
-            return None;
-        }
         let t = Transfer::of(p, dev, dev_offset, write, fua);
         let r = self.backend.transfer_now(t, buf)?;
         let (seg, d) = (&self.stats.segments[p.segment], &self.stats.devices[dev]);
@@ -104,14 +111,11 @@ impl<B: Backend> Handler<B> {
     async fn rw_piece<R: Ring>(
         &self,
         ring: &R,
+        req: Request,
         p: &Piece,
-        write: bool,
-        fua: bool,
         buf: Buffer,
     ) -> Result<(), i32> {
-        if p.delay_ms > 0 {
-            self.hold(ring, p).await;
-        }
+        let (write, fua) = (req.op() == crate::request::op::WRITE, req.fua());
         let seg = &self.stats.segments[p.segment];
         seg.count_rw(write, p.len);
         let res = match p.kind {
@@ -119,10 +123,7 @@ impl<B: Backend> Handler<B> {
                 let d = &self.stats.devices[dev];
                 d.count_rw(write, p.len);
                 let t = Transfer::of(p, dev, dev_offset, write, fua);
-                let mut r = self.backend.transfer(ring, t, buf).await;
-                if r.is_ok() && p.corrupt[0].is_some() {
-                    r = self.corrupt(ring, p, t, buf).await;
-                }
+                let r = self.backend.transfer(ring, t, buf).await;
                 if r.is_err() {
                     Counters::add(&d.errors, 1);
                 }
@@ -131,6 +132,7 @@ impl<B: Backend> Handler<B> {
             PieceKind::Zero if !write => buf.fill_zero(ring, self.aux, p.buf_offset, p.len).await,
             PieceKind::Zero | PieceKind::Drop => Ok(()),
             PieceKind::Error => Err(EIO),
+            PieceKind::Serve { .. } => self.serve(ring, req, p, Some(buf)).await,
         };
         if res.is_err() {
             Counters::add(&seg.errors, 1);
@@ -138,54 +140,35 @@ impl<B: Backend> Handler<B> {
         res
     }
 
-    /// dm-flakey's corruption of a served piece: a written byte on the
-    /// device (the caller's data stays intact), a read byte in the buffer.
-    async fn corrupt<R: Ring>(
+    /// A piece its target serves itself (`DM_MAPIO_SUBMITTED`): the
+    /// target's future, with an I/O context on this ring.
+    async fn serve<R: Ring>(
         &self,
         ring: &R,
+        req: Request,
         p: &Piece,
-        t: Transfer,
-        buf: Buffer,
+        buf: Option<Buffer>,
     ) -> Result<(), i32> {
-        for c in p.corrupt.iter().flatten() {
-            if t.write {
-                let at = t.dev_offset + c.at;
-                self.backend.set_byte(ring, t.dev, at, c.value).await?;
-            } else {
-                let at = p.buf_offset + c.at;
-                buf.set_byte(ring, self.aux, at, c.value).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// dm-delay: waits out the piece's delay on the ring (an io_uring
-    /// timeout), so the queue keeps serving everything else meanwhile.
-    async fn hold<R: Ring>(&self, ring: &R, p: &Piece) {
-        let target = &self.table.segments()[p.segment].target;
-        target.held(p.delay_class, true);
-        let ts = types::Timespec::new()
-            .sec(u64::from(p.delay_ms / 1000))
-            .nsec((p.delay_ms % 1000) * 1_000_000);
-        // -ETIME is the timeout expiring, as it should.
-        let _ = ring
-            .submit(io_uring::opcode::Timeout::new(&ts).build())
-            .await;
-        target.held(p.delay_class, false);
+        let o = req.target_op().ok_or(EIO)?;
+        let (target, io) = self.table.served(p, o, req.opf(o)).ok_or(EIO)?;
+        let ctx = TargetIo {
+            handler: self,
+            ring,
+            buf,
+        };
+        target.serve(io, &ctx).await
     }
 
     /// FLUSH: each segment's target says what to flush (by default every
-    /// device it uses); held pieces wait first, then every device named is
-    /// flushed once, all at once.
-    async fn flush<R: Ring>(&self, ring: &R) -> Result<(), i32> {
+    /// device it uses): every device named is flushed once, all at once,
+    /// beside the flushes that targets serve themselves.
+    async fn flush<R: Ring>(&self, ring: &R, req: Request) -> Result<(), i32> {
         let mut pieces = Vec::new();
         self.table.flush(&mut pieces);
         if let Some(p) = pieces.iter().find(|p| p.kind == PieceKind::Error) {
             Counters::add(&self.stats.segments[p.segment].errors, 1);
             return Err(EIO);
         }
-        let held: Vec<_> = pieces.iter().filter(|p| p.delay_ms > 0).collect();
-        join_all(held.iter().map(|p| self.hold(ring, p)).collect()).await;
         let mut devs: Vec<usize> = Vec::with_capacity(self.table.devices().len());
         for p in &pieces {
             if let PieceKind::Io { dev, .. } = p.kind {
@@ -194,9 +177,13 @@ impl<B: Backend> Handler<B> {
                 }
             }
         }
-        let results = join_all(
-            devs.iter()
-                .map(|&dev| async move {
+        let served = pieces
+            .iter()
+            .filter(|p| matches!(p.kind, PieceKind::Serve { .. }));
+        let flushes = devs
+            .iter()
+            .map(|&dev| -> Pin<Box<dyn Future<Output = _> + '_>> {
+                Box::pin(async move {
                     let d = &self.stats.devices[dev];
                     Counters::add(&d.flushes, 1);
                     let r = self.backend.flush(ring, dev).await;
@@ -205,6 +192,12 @@ impl<B: Backend> Handler<B> {
                     }
                     r
                 })
+            });
+        let results = join_all(
+            flushes
+                .chain(served.map(|p| -> Pin<Box<dyn Future<Output = _> + '_>> {
+                    Box::pin(self.serve(ring, req, p, None))
+                }))
                 .collect(),
         )
         .await;
@@ -219,11 +212,15 @@ impl<B: Backend> Handler<B> {
             pieces
                 .iter()
                 .map(|p| async move {
-                    if p.delay_ms > 0 {
-                        self.hold(ring, p).await;
-                    }
                     let seg = &self.stats.segments[p.segment];
                     seg.count_range_op(discard);
+                    if let PieceKind::Serve { .. } = p.kind {
+                        let r = self.serve(ring, req, p, None).await;
+                        if r.is_err() {
+                            Counters::add(&seg.errors, 1);
+                        }
+                        return r;
+                    }
                     // Zero segments have nothing to discard, dropped writes
                     // nothing to do (error pieces were refused up front).
                     let PieceKind::Io { dev, dev_offset } = p.kind else {

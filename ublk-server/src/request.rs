@@ -62,7 +62,7 @@ impl Request {
     }
 
     /// The request as the kernel's `bi_opf`.
-    fn opf(&self, o: Op) -> u32 {
+    pub fn opf(&self, o: Op) -> u32 {
         REQ_BITS
             .iter()
             .filter(|(ublk, _)| self.op_flags & ublk != 0)

@@ -2,16 +2,19 @@
 //! [<flush_dev> <flush_offset> <flush_delay>]]` (dm-delay): reads go to the
 //! first device after `delay` ms; writes (and discards) to the second, and
 //! flushes to the third, each after its own delay. Omitted classes repeat
-//! the one before. The server holds a delayed piece with an io_uring
-//! timeout, never by sleeping a queue thread.
+//! the one before. A class without a delay is a plain remap; a delayed
+//! one is served by the target itself: it waits on the queue's ring (an
+//! io_uring timeout, never a sleeping queue thread), then does the I/O.
 
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::args::{device_sector, scan_u32};
+use crate::serve::{Data, IoCtx, IoFuture};
 use crate::target::{
-    flush_piece, Ctr, CtrResult, DevIdx, Extent, Io, Op, Piece, PieceKind, StatusCtx, Target,
-    TargetType,
+    flush_as, flush_piece, Ctr, CtrResult, DevIdx, Extent, Io, Op, Piece, PieceKind, StatusCtx,
+    Target, TargetType,
 };
 
 pub const TYPE: TargetType = TargetType { name: "delay", ctr };
@@ -67,16 +70,34 @@ fn ctr(c: &mut Ctr<'_>) -> CtrResult {
     }))
 }
 
+/// dm-delay: bio_data_dir() picks read or write; discards are writes.
+fn class_of(op: Op) -> usize {
+    match op {
+        Op::Read => READ,
+        Op::Flush => FLUSH,
+        _ => WRITE,
+    }
+}
+
+/// Counts a held request of a class while it waits (the kernel's `ops`).
+struct Held<'a>(&'a AtomicU32);
+
+impl<'a> Held<'a> {
+    fn new(n: &'a AtomicU32) -> Self {
+        n.fetch_add(1, Relaxed);
+        Held(n)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 impl Delay {
-    fn piece(&self, class: usize, io: &Io) -> Piece {
-        let c = &self.classes[class];
-        let mut p = io.piece(PieceKind::Io {
-            dev: c.dev,
-            dev_offset: (c.start + io.offset) << crate::SECTOR_SHIFT,
-        });
-        p.delay_ms = c.delay_ms;
-        p.delay_class = class as u8;
-        p
+    fn dev_offset(&self, c: &Class, io: &Io) -> u64 {
+        (c.start + io.offset) << crate::SECTOR_SHIFT
     }
 }
 
@@ -86,26 +107,51 @@ impl Target for Delay {
     }
 
     fn map(&self, io: &Io, out: &mut Vec<Piece>) {
-        // dm-delay: bio_data_dir() picks read or write; discards are writes.
-        let class = if io.op == Op::Read { READ } else { WRITE };
-        out.push(self.piece(class, io));
+        let c = &self.classes[class_of(io.op)];
+        out.push(if c.delay_ms == 0 {
+            io.piece(PieceKind::Io {
+                dev: c.dev,
+                dev_offset: self.dev_offset(c, io),
+            })
+        } else {
+            io.served()
+        });
     }
 
     fn flush(&self, segment: usize, out: &mut Vec<Piece>) {
         let c = &self.classes[FLUSH];
-        let mut p = flush_piece(segment, c.dev, c.delay_ms);
-        p.delay_class = FLUSH as u8;
-        out.push(p);
+        out.push(if c.delay_ms == 0 {
+            flush_piece(segment, c.dev)
+        } else {
+            flush_as(segment, PieceKind::Serve { offset: 0 })
+        });
     }
 
-    fn held(&self, class: u8, waiting: bool) {
-        if let Some(c) = self.classes.get(class as usize) {
-            if waiting {
-                c.held.fetch_add(1, Relaxed);
-            } else {
-                c.held.fetch_sub(1, Relaxed);
+    /// A delayed part: held for its class's delay, then done on its
+    /// class's device.
+    fn serve<'a>(&'a self, io: Io, ctx: &'a dyn IoCtx) -> IoFuture<'a> {
+        Box::pin(async move {
+            let c = &self.classes[class_of(io.op)];
+            {
+                let _held = Held::new(&c.held);
+                ctx.sleep(Duration::from_millis(u64::from(c.delay_ms)))
+                    .await?;
             }
-        }
+            let (off, len) = (self.dev_offset(c, &io), io.len << crate::SECTOR_SHIFT);
+            let data = Data::Request(io.buf_offset);
+            let fua = io.opf & crate::REQ_FUA != 0;
+            match io.op {
+                Op::Read => ctx.read(c.dev, off, len, data).await,
+                Op::Write => ctx.write(c.dev, off, len, data, fua).await,
+                Op::Flush => ctx.flush(c.dev).await,
+                Op::Discard => ctx.zero_range(c.dev, off, len, true).await,
+                Op::WriteZeroes => ctx.zero_range(c.dev, off, len, false).await,
+            }
+        })
+    }
+
+    fn serves(&self) -> bool {
+        self.classes.iter().any(|c| c.delay_ms > 0)
     }
 
     fn table_args(&self, devs: &[String]) -> String {

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::args::{device_sector, read_arg};
+use crate::serve::{Data, IoCtx, IoFuture};
 use crate::target::{
-    flush_piece, Corrupt, Ctr, CtrResult, DevIdx, Extent, Io, Op, Piece, PieceKind, Target,
-    TargetType,
+    flush_piece, Ctr, CtrResult, DevIdx, Extent, Io, Op, Piece, PieceKind, Target, TargetType,
 };
 
 pub const TYPE: TargetType = TargetType {
@@ -214,13 +214,15 @@ impl Flakey {
         probability > 0 && ((self.random() % u64::from(PROBABILITY_BASE)) as u32) < probability
     }
 
-    /// The corruptions of a data piece of direction `write` while down.
-    fn corruptions(&self, io: &Io, p: &mut Piece, write: bool) {
-        let mut slots = Vec::with_capacity(2);
+    /// The corruptions (byte offset in the part, value) of a part of
+    /// `len` bytes in direction `write` while down: `corrupt_bio_byte`
+    /// where the flags match, and a random one by its probability.
+    fn corruptions(&self, opf: u32, len: u64, write: bool) -> Vec<(u64, u8)> {
+        let mut out = Vec::with_capacity(2);
         if let Some((nth, w, value, flags)) = self.f.corrupt {
             let at = u64::from(nth) - 1;
-            if w == write && io.opf & flags == flags && at < p.len {
-                slots.push(Corrupt { at, value });
+            if w == write && opf & flags == flags && at < len {
+                out.push((at, value));
             }
         }
         let prob = if write {
@@ -230,14 +232,23 @@ impl Flakey {
         };
         if self.hit(prob) {
             let r = self.random();
-            slots.push(Corrupt {
-                at: (r >> 8) % p.len,
-                value: r as u8,
-            });
+            out.push(((r >> 8) % len, r as u8));
         }
-        for (slot, c) in p.corrupt.iter_mut().zip(slots) {
-            *slot = Some(c);
-        }
+        out
+    }
+
+    /// Whether a part in direction `write` may be corrupted while down.
+    fn may_corrupt(&self, write: bool) -> bool {
+        let random = if write {
+            self.f.random_write
+        } else {
+            self.f.random_read
+        };
+        random > 0 || matches!(self.f.corrupt, Some((_, w, ..)) if w == write)
+    }
+
+    fn dev_offset(&self, io: &Io) -> u64 {
+        (self.offset + io.offset) << crate::SECTOR_SHIFT
     }
 }
 
@@ -246,33 +257,63 @@ impl Target for Flakey {
         "flakey"
     }
 
+    /// Up: a remap. Down: reads and writes fail or are dropped as the
+    /// features say, or, where they may be corrupted, are served here.
     fn map(&self, io: &Io, out: &mut Vec<Piece>) {
         let mut p = io.piece(PieceKind::Io {
             dev: self.dev,
-            dev_offset: (self.offset + io.offset) << crate::SECTOR_SHIFT,
+            dev_offset: self.dev_offset(io),
         });
         if self.is_down() {
-            let has_data = matches!(io.op, Op::Read | Op::Write);
             if io.op == Op::Read {
                 if self.f.error_reads {
                     p.kind = PieceKind::Error;
-                } else {
-                    self.corruptions(io, &mut p, false);
+                } else if self.may_corrupt(false) {
+                    p = io.served();
                 }
             } else if self.f.drop_writes {
                 p.kind = PieceKind::Drop;
             } else if self.f.error_writes {
                 p.kind = PieceKind::Error;
-            } else if has_data {
-                self.corruptions(io, &mut p, true);
+            } else if io.op == Op::Write && self.may_corrupt(true) {
+                p = io.served();
             }
         }
         out.push(p);
     }
 
+    /// A read or write that may be corrupted: done as linear would, then
+    /// one byte replaced: of a read in the caller's buffer, of a write on
+    /// the device (the caller's data stays intact).
+    fn serve<'a>(&'a self, io: Io, ctx: &'a dyn IoCtx) -> IoFuture<'a> {
+        Box::pin(async move {
+            let (off, len) = (self.dev_offset(&io), io.len << crate::SECTOR_SHIFT);
+            let write = io.op == Op::Write;
+            let data = Data::Request(io.buf_offset);
+            if write {
+                let fua = io.opf & crate::REQ_FUA != 0;
+                ctx.write(self.dev, off, len, data, fua).await?;
+            } else {
+                ctx.read(self.dev, off, len, data).await?;
+            }
+            for (at, value) in self.corruptions(io.opf, len, write) {
+                if write {
+                    ctx.set_device_byte(self.dev, off + at, value).await?;
+                } else {
+                    ctx.set_request_byte(io.buf_offset + at, value).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn serves(&self) -> bool {
+        self.may_corrupt(false) || self.may_corrupt(true)
+    }
+
     /// A flush is a write without data: dropped or failed like writes.
     fn flush(&self, segment: usize, out: &mut Vec<Piece>) {
-        let mut p = flush_piece(segment, self.dev, 0);
+        let mut p = flush_piece(segment, self.dev);
         if self.is_down() {
             if self.f.drop_writes {
                 p.kind = PieceKind::Drop;

@@ -87,7 +87,9 @@ impl DaxBackend {
 impl Backend for DaxBackend {
     fn transfer_now(&self, t: Transfer, buf: Buffer) -> Option<Result<(), i32>> {
         match buf {
-            Buffer::User { base, .. } => Some(copy_user(&self.maps[t.dev], t, base)),
+            Buffer::User { base, .. } | Buffer::Mem { base } => {
+                Some(copy_user(&self.maps[t.dev], t, base))
+            }
             Buffer::UserCopy {
                 cdev, q_id, tag, ..
             } if cdev >= 0 => Some(user_copy_now(&self.maps[t.dev], t, (cdev, q_id, tag))),
@@ -99,7 +101,7 @@ impl Backend for DaxBackend {
         let m = &self.maps[t.dev];
         match buf {
             // Plain memory copies: nothing to wait for.
-            Buffer::User { base, .. } => copy_user(m, t, base),
+            Buffer::User { base, .. } | Buffer::Mem { base } => copy_user(m, t, base),
             Buffer::UserCopy {
                 cdev_fixed,
                 q_id,

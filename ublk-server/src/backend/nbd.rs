@@ -173,9 +173,13 @@ impl Backend for NbdBackend {
         let Some(e) = &self.exports[t.dev] else {
             return self.files.transfer(ring, t, buf).await;
         };
-        let data = Data::Buf {
-            buf,
-            at: t.buf_offset,
+        let data = match buf {
+            // SAFETY: the target's memory holds the transfer.
+            Buffer::Mem { base } => Data::Mem(unsafe { base.add(t.buf_offset as usize) }),
+            _ => Data::Buf {
+                buf,
+                at: t.buf_offset,
+            },
         };
         if t.write {
             self.write(ring, e, t.dev_offset, t.len, data, t.fua).await

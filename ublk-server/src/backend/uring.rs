@@ -75,10 +75,24 @@ impl Backend for UringBackend {
         transfer_all(ring, t.len, |done| {
             let addr = buf.addr(t.buf_offset + done);
             let len = (t.len - done) as u32;
+            let dsync = if t.fua { libc::RWF_DSYNC } else { 0 };
+            if !buf.is_fixed() {
+                // A target's own memory.
+                return if t.write {
+                    opcode::Write::new(fd, addr as *const u8, len)
+                        .offset(t.dev_offset + done)
+                        .rw_flags(dsync)
+                        .build()
+                } else {
+                    opcode::Read::new(fd, addr as *mut u8, len)
+                        .offset(t.dev_offset + done)
+                        .build()
+                };
+            }
             if t.write {
                 opcode::WriteFixed::new(fd, addr as *const u8, len, buf.index())
                     .offset(t.dev_offset + done)
-                    .rw_flags(if t.fua { libc::RWF_DSYNC } else { 0 })
+                    .rw_flags(dsync)
                     .build()
             } else {
                 opcode::ReadFixed::new(fd, addr as *mut u8, len, buf.index())
