@@ -471,6 +471,11 @@ pub enum Request {
     },
     /// Swap in the inactive table, if any, and let I/O run.
     Resume,
+    /// `dmsetup message`: text for the target holding `sector`.
+    Message {
+        sector: u64,
+        argv: Vec<String>,
+    },
 }
 
 impl Request {
@@ -500,6 +505,7 @@ impl Request {
             Request::Suspend { .. } | Request::Resume | Request::Reload { .. } => {
                 Duration::from_secs(600)
             }
+            Request::Message { .. } => crate::jobs::JOB_TIMEOUT + Duration::from_secs(5),
             _ => Duration::from_secs(30),
         }
     }

@@ -20,6 +20,7 @@ use io_uring::{opcode, types};
 use libublk::uring_async::ublk_submit_sqe_async;
 use libublk::UblkUringData;
 
+use crate::jobs::{JobKind, Jobs, JOB_TIMEOUT};
 use crate::lockfs::Frozen;
 use crate::server::{Loaded, STOPPING};
 
@@ -46,6 +47,8 @@ pub(crate) struct Gate {
     doorbells: Vec<OwnedFd>,
     /// The file system a suspend froze, thawed by resume or a stop.
     frozen: Mutex<Option<Frozen>>,
+    /// Targets' work outside requests, run by the first queue.
+    jobs: Jobs,
 }
 
 impl Gate {
@@ -67,7 +70,37 @@ impl Gate {
             active: Mutex::new(Arc::new(active)),
             doorbells,
             frozen: Mutex::new(None),
+            jobs: Jobs::default(),
         })
+    }
+
+    /// Runs a job on the first queue's ring against the active table and
+    /// returns its answer. Held requests stay held meanwhile.
+    pub(crate) fn run_job(&self, kind: JobKind) -> Result<String, String> {
+        if STOPPING.load(SeqCst) {
+            return Err("the device is being removed".into());
+        }
+        let rx = self.jobs.post(kind);
+        if let Some(fd) = self.doorbells.first() {
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+        }
+        rx.recv_timeout(JOB_TIMEOUT).unwrap_or_else(|_| {
+            Err(format!(
+                "no answer from the device's first queue within {} s",
+                JOB_TIMEOUT.as_secs()
+            ))
+        })
+    }
+
+    /// Runs a hook job when the active table has targets with hooks;
+    /// logs a failure (a hook cannot undo a suspend or a remove).
+    pub(crate) fn run_hook(&self, hook: crate::jobs::Hook) {
+        if !self.active().core.table().has_serving_targets() {
+            return;
+        }
+        if let Err(e) = self.run_job(JobKind::Hook(hook)) {
+            tracing::error!("{hook:?} hook failed: {e}");
+        }
     }
 
     /// The table being served.
@@ -151,6 +184,8 @@ pub(crate) struct QueueGate<'a> {
     active: RefCell<Rc<Arc<Loaded>>>,
     /// Wakes this queue's waiting requests (same thread).
     opened: Event,
+    /// Wakes this queue's jobs task (the first queue's only).
+    jobs_posted: Event,
 }
 
 /// A request's permission to run, with the table it runs on; counts it in
@@ -175,6 +210,29 @@ impl<'a> QueueGate<'a> {
             seen: Cell::new(gate.generation.load(SeqCst)),
             active: RefCell::new(Rc::new(gate.active())),
             opened: Event::new(),
+            jobs_posted: Event::new(),
+        }
+    }
+
+    /// The first queue's jobs task: runs each posted job, one at a time,
+    /// on the active table (requests go on meanwhile). Ends with the stop.
+    pub(crate) async fn serve_jobs(&self, q: &libublk::io::UblkQueue<'_>) {
+        while !STOPPING.load(SeqCst) {
+            let listener = self.jobs_posted.listen();
+            let jobs = self.gate.jobs.take();
+            if jobs.is_empty() {
+                listener.await;
+                continue;
+            }
+            for job in jobs {
+                self.refresh();
+                let loaded = self.active.borrow().clone();
+                let r = loaded.core.run_job(q, &job.kind).await;
+                job.answer(r);
+            }
+        }
+        for job in self.gate.jobs.take() {
+            job.answer(Err("the device is being removed".into()));
         }
     }
 
@@ -254,7 +312,11 @@ impl<'a> QueueGate<'a> {
             if !self.gate.held.load(SeqCst) {
                 self.opened.notify(usize::MAX);
             }
+            if self.qid == 0 {
+                self.jobs_posted.notify(usize::MAX);
+            }
         }
         self.opened.notify(usize::MAX);
+        self.jobs_posted.notify(usize::MAX);
     }
 }

@@ -68,6 +68,11 @@ pub(crate) fn run(ring: RingId, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode)
         let qgate = qgate.clone();
         async move { qgate.doorbell().await }
     });
+    // Targets' jobs run on the first ring.
+    let _jobs = (ring.slot == 0).then(|| {
+        let (q, qgate) = (q.clone(), qgate.clone());
+        exe.spawn(async move { qgate.serve_jobs(&q).await })
+    });
     for tag in q.tags() {
         let q = q.clone();
         let bufs = bufs.clone();

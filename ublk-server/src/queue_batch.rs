@@ -123,6 +123,11 @@ pub(crate) fn run(ring: RingId, dev: &UblkDev, gate: &Arc<Gate>) {
         async move { qgate.doorbell().await }
     });
     let q = &q;
+    // Targets' jobs run on the first ring.
+    let _jobs = (ring.slot == 0).then(|| {
+        let qgate = qgate.clone();
+        exe.spawn(async move { qgate.serve_jobs(q).await })
+    });
     let tasks: Vec<_> = (0..depth as u16)
         .map(|tag| {
             let (inbox, qgate) = (inbox.clone(), qgate.clone());

@@ -38,6 +38,7 @@ use crate::dax_path::{self, DaxDecision, DaxDecisionError, DaxPolicy};
 use crate::features::{self, DataMode, ZeroCopy};
 use crate::gate::{Gate, BYTES_SLOT, FIRST_BACKING_SLOT, FIXED_SLOTS, ZERO_SLOT};
 use crate::handler::Handler;
+use crate::jobs::{Hook, JobKind};
 use crate::nbd::{self, conn::Export, uri::is_nbd};
 use crate::queue;
 use crate::recovery::Recovery;
@@ -202,6 +203,31 @@ impl Core {
             Core::Nbd(h) => h.backend.exports[dev].as_ref(),
             _ => None,
         }
+    }
+
+    pub(crate) async fn run_job(
+        &self,
+        q: &UblkQueue<'_>,
+        kind: &JobKind,
+    ) -> Result<String, String> {
+        match self {
+            Core::Uring(h) => h.run_job(q, kind).await,
+            Core::Dax(h) => h.run_job(q, kind).await,
+            Core::Nbd(h) => h.run_job(q, kind).await,
+        }
+    }
+
+    /// Tells the handler what serving targets ask of the device: its
+    /// block size and each backing device's size.
+    fn set_geometry(&mut self, block_size: u32, records: &[DeviceRecord]) {
+        let sizes = records.iter().map(|r| r.size_bytes).collect();
+        let (b, d) = match self {
+            Core::Uring(h) => (&mut h.block_size, &mut h.device_bytes),
+            Core::Dax(h) => (&mut h.block_size, &mut h.device_bytes),
+            Core::Nbd(h) => (&mut h.block_size, &mut h.device_bytes),
+        };
+        *b = block_size;
+        *d = sizes;
     }
 
     pub(crate) async fn handle(&self, q: &UblkQueue<'_>, req: Request, buf: Buffer) -> i32 {
@@ -673,6 +699,8 @@ pub(crate) fn open_data_path(
             Core::Uring(Handler::new(cfg.table.clone(), files_backend, aux))
         }
     };
+    let mut core = core;
+    core.set_geometry(cfg.block_size, &records);
     Ok(Loaded {
         core,
         files,
@@ -1021,6 +1049,8 @@ fn go_live(device: &Arc<Device>, live: &Live) -> Result<(), ServerError> {
         name: name.clone(),
         source,
     };
+    // Targets start (or restart, after a recovery) from their devices.
+    device.gate.run_hook(Hook::Resume);
     device.went_live(live).map_err(not_live)?;
     // Weak: the socket thread outlives the device, whose drop (with the
     // state guard's) is the end of a stop.
@@ -1089,6 +1119,11 @@ pub(crate) struct Stopper {
 
 impl Stopper {
     pub(crate) fn stop(&self) {
+        if STOPPING.load(Ordering::SeqCst) {
+            return;
+        }
+        // Targets' last I/O (dm's dtr), while the queues still serve.
+        self.gate.run_hook(Hook::Stop);
         if STOPPING.swap(true, Ordering::SeqCst) {
             return;
         }

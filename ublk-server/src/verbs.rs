@@ -1,6 +1,6 @@
 //! The verbs on a live device, as its control socket receives them:
 //! `status`, `remove`, and dm's own — `reload` (dmsetup load), `clear`,
-//! `suspend` and `resume`.
+//! `suspend`, `resume` and `message`.
 //!
 //! A reload opens and checks the new table's backing devices beside the
 //! live ones and changes nothing else. Suspend freezes the file system on
@@ -21,6 +21,7 @@ use crate::control::{ControlError, DeviceState, Request, StateGuard};
 use crate::dax_path::DaxDecision;
 use crate::features::DataMode;
 use crate::gate::Gate;
+use crate::jobs::{Hook, JobKind};
 use crate::lockfs;
 use crate::nbd::status::ExportStatus;
 use crate::server::{ctrl_ring, open_data_path, probe, Config, Live, Loaded, Stopper};
@@ -100,6 +101,7 @@ impl Device {
             Request::Clear => self.clear(),
             Request::Suspend { nolockfs, noflush } => self.suspend(!nolockfs, !noflush),
             Request::Resume => self.resume(),
+            Request::Message { sector, argv } => self.message(sector, argv),
         });
         res.unwrap_or_else(|e| {
             tracing::warn!("control request failed: {e}");
@@ -152,6 +154,20 @@ impl Device {
         Ok(json!({ "ok": true, "size_bytes": next, "mode": mode }))
     }
 
+    /// dmsetup message: the target holding `sector` answers, on the
+    /// first queue's ring (it may do I/O), or refuses with its message.
+    fn message(&self, sector: u64, argv: Vec<String>) -> Result<Value, String> {
+        let name = &self.cfg.name;
+        if argv.is_empty() {
+            return Err(format!("{name}: Empty message received."));
+        }
+        let kind = JobKind::Message { sector, argv };
+        match self.gate.run_job(kind) {
+            Ok(answer) => Ok(json!({ "ok": true, "answer": answer })),
+            Err(e) => Err(format!("{name}: message refused: {e}")),
+        }
+    }
+
     fn size_bytes(&self) -> u64 {
         self.gate.active().core.table().total_bytes()
     }
@@ -184,9 +200,13 @@ impl Device {
             }
         }
         let t0 = Instant::now();
+        // Targets stop their background work before I/O is held, and see
+        // the drained device after (dm's presuspend and postsuspend).
+        self.gate.run_hook(Hook::Presuspend);
         self.gate.hold();
         *lock(&self.held_since) = Some(t0);
         self.gate.drain();
+        self.gate.run_hook(Hook::Postsuspend);
         let drained = t0.elapsed();
         let mut flushed = Ok(());
         if flush {
@@ -223,6 +243,10 @@ impl Device {
         let mut swapped = None;
         if let Some(next) = next {
             let (was, now) = (self.size_bytes(), next.core.table().total_bytes());
+            // The old table's targets say their last (dm's dtr of the
+            // table a resume replaces), on the rings that still have its
+            // files.
+            self.gate.run_hook(Hook::Stop);
             let old = self.gate.swap(next.clone());
             if was != now {
                 ctrl_ring();
@@ -253,6 +277,7 @@ impl Device {
         let held = lock(&self.held_since).take().map(|t| t.elapsed());
         self.gate.release();
         self.gate.thaw();
+        self.gate.run_hook(Hook::Resume);
         self.edit_state(|s| s.suspended = false)
             .map_err(|e| e.to_string())?;
         let held_us = held.map(|d| d.as_micros() as u64);

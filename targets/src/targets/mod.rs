@@ -5,6 +5,7 @@ mod delay;
 mod error;
 mod flakey;
 mod linear;
+mod log_writes;
 mod striped;
 mod zero;
 
@@ -17,6 +18,7 @@ pub static REGISTRY: &[TargetType] = &[
     error::TYPE,
     flakey::TYPE,
     delay::TYPE,
+    log_writes::TYPE,
 ];
 
 /// The type registered under `name`.

@@ -104,6 +104,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a message to the target holding SECTOR (dmsetup message),
+    /// e.g. `rdm message data 0 mark before-upgrade` for log-writes; the
+    /// target's answer is printed.
+    Message {
+        name: String,
+        /// A sector inside the target's segment.
+        sector: u64,
+        /// The message's words.
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+        message: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a device's mode, queues and per-segment/per-device counters.
     Status {
         name: String,

@@ -1,5 +1,5 @@
 //! dm's verbs on a live device: reload (dmsetup load), clear, suspend,
-//! resume. The server does the work; this front checks the table first
+//! resume, message. The server does the work; this front checks the table first
 //! (for an error that shows the offending line) and prints the outcome.
 
 use rdm_ublk_server::control::{self, Liveness, Request};
@@ -52,6 +52,20 @@ pub fn resume(name: &str, json: bool) -> Result<(), CliError> {
     live_state(name)?;
     let v = ask(name, &Request::Resume)?;
     print_json(json, &v);
+    Ok(())
+}
+
+/// dmsetup message: the target's answer, if any, on its own line.
+pub fn message(name: &str, sector: u64, argv: Vec<String>, json: bool) -> Result<(), CliError> {
+    live_state(name)?;
+    let v = ask(name, &Request::Message { sector, argv })?;
+    if json {
+        println!("{v}");
+    } else if let Some(a) = v.get("answer").and_then(|a| a.as_str()) {
+        if !a.is_empty() {
+            println!("{a}");
+        }
+    }
     Ok(())
 }
 

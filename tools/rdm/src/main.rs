@@ -35,6 +35,12 @@ fn main() {
             json,
         } => live::suspend(&name, nolockfs, noflush, json),
         Command::Resume { name, json } => live::resume(&name, json),
+        Command::Message {
+            name,
+            sector,
+            message,
+            json,
+        } => live::message(&name, sector, message, json),
         Command::Status { name, json, dm } => manage::status(&name, json, dm),
         Command::Features { json } => manage::features(json),
         Command::UdevName { kernel_name } => manage::udev_name(&kernel_name),

@@ -1,0 +1,123 @@
+//! Work a target does outside any request — a message's I/O (`dmsetup
+//! message`), its suspend/resume hooks, its last words when the device
+//! goes away — run on the first queue's ring, beside the requests, with the
+//! same I/O context a request gets (without a request buffer).
+//!
+//! The control side posts a [`Job`] to the device's [`Jobs`] and rings the
+//! first queue's doorbell; that queue's jobs task runs it on the active
+//! table and sends the answer back.
+
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::backend::Backend;
+use crate::handler::Handler;
+use crate::ring::Ring;
+use crate::target_io::TargetIo;
+
+/// The hooks dm calls on a table's targets (`presuspend`, `postsuspend`,
+/// `resume`, and `dtr`'s I/O).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hook {
+    Presuspend,
+    Postsuspend,
+    Resume,
+    /// The device (or this table) is going away.
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum JobKind {
+    /// `dmsetup message <sector> <argv…>`.
+    Message { sector: u64, argv: Vec<String> },
+    /// One hook on every target of the table that has them.
+    Hook(Hook),
+}
+
+pub(crate) struct Job {
+    pub kind: JobKind,
+    reply: mpsc::Sender<Result<String, String>>,
+}
+
+impl Job {
+    pub(crate) fn answer(self, r: Result<String, String>) {
+        // The poster may have given up waiting: nothing to tell then.
+        let _ = self.reply.send(r);
+    }
+}
+
+/// A device's posted jobs, taken by its first queue.
+#[derive(Default)]
+pub(crate) struct Jobs {
+    posted: Mutex<Vec<Job>>,
+}
+
+impl Jobs {
+    /// Posts `kind`; the caller rings the first queue and waits on the
+    /// receiver.
+    pub(crate) fn post(&self, kind: JobKind) -> mpsc::Receiver<Result<String, String>> {
+        let (reply, rx) = mpsc::channel();
+        self.lock().push(Job { kind, reply });
+        rx
+    }
+
+    pub(crate) fn take(&self) -> Vec<Job> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
+        self.posted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How long the control side waits for a job's answer.
+pub(crate) const JOB_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The kernel's text for an errno a hook returned.
+fn errno_text(e: i32) -> String {
+    std::io::Error::from_raw_os_error(-e).to_string()
+}
+
+impl<B: Backend> Handler<B> {
+    /// Runs one job on `ring` against this table.
+    pub(crate) async fn run_job<R: Ring>(
+        &self,
+        ring: &R,
+        kind: &JobKind,
+    ) -> Result<String, String> {
+        let ctx = TargetIo {
+            handler: self,
+            ring,
+            buf: None,
+        };
+        match kind {
+            JobKind::Message { sector, argv } => {
+                // dm_table_find_target, as dm-ioctl's target_message.
+                let seg = (self.table.segment_at(*sector))
+                    .ok_or("Target message sector outside device.")?;
+                self.table.segments()[seg].target.message(argv, &ctx).await
+            }
+            JobKind::Hook(hook) => {
+                for s in self.table.segments().iter().filter(|s| s.target.serves()) {
+                    let t = &s.target;
+                    let r = match hook {
+                        Hook::Presuspend => t.presuspend(&ctx).await,
+                        Hook::Postsuspend => t.postsuspend(&ctx).await,
+                        Hook::Resume => t.resume(&ctx).await,
+                        Hook::Stop => t.stop(&ctx).await,
+                    };
+                    r.map_err(|e| {
+                        format!(
+                            "{} (line {}): {hook:?}: {}",
+                            t.name(),
+                            s.line,
+                            errno_text(e)
+                        )
+                    })?;
+                }
+                Ok(String::new())
+            }
+        }
+    }
+}
