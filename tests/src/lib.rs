@@ -527,6 +527,7 @@ impl Dm {
             (" zero", "dm-zero"),
             (" flakey ", "dm-flakey"),
             (" delay ", "dm-delay"),
+            (" log-writes ", "dm-log-writes"),
         ] {
             if table.contains(word) {
                 load_module(module);

@@ -5,6 +5,7 @@
 //! `rdm table` printing what `dmsetup status` / `dmsetup table` print.
 
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdm_tests::*;
@@ -463,4 +464,138 @@ fn status_and_table_print_as_dmsetup_does() {
     drop(loops);
     bad.set_len(8 * MIB).unwrap();
     dev.remove();
+}
+
+/// fstests' `replay-log`, built from the copy in `tests/vendor`.
+fn replay_log(dir: &Scratch) -> String {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/vendor/replay-log");
+    let exe = dir.path("replay-log");
+    let exe_s = exe.to_str().unwrap().to_string();
+    run(Command::new("cc").args([
+        "-O2",
+        "-o",
+        &exe_s,
+        &format!("{src}/replay-log.c"),
+        &format!("{src}/log-writes.c"),
+    ]));
+    exe_s
+}
+
+/// The same QD1 sequence on a log-writes device: writes, a flush, a mark,
+/// a FUA write, a discard, writes left unflushed, a second mark, more
+/// writes. `mark` sends `mark NAME` the device's way.
+fn log_writes_workload(dev: &str, mark: &dyn Fn(&str)) {
+    for i in 0..16u64 {
+        pwrite_direct(dev, i * 4096, &random_bytes(4096, i + 1), 0).unwrap();
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .unwrap()
+        .sync_data()
+        .unwrap();
+    mark("w1");
+    pwrite_direct(dev, 128 << 10, &random_bytes(8192, 100), libc::O_DSYNC).unwrap();
+    run(Command::new("blkdiscard").args(["-o", "65536", "-l", "32768", dev]));
+    for i in 0..4u64 {
+        pwrite_direct(dev, (256 << 10) + i * 4096, &random_bytes(4096, 200 + i), 0).unwrap();
+    }
+    mark("w2");
+    for i in 0..2u64 {
+        pwrite_direct(dev, (512 << 10) + i * 8192, &random_bytes(8192, 300 + i), 0).unwrap();
+    }
+}
+
+/// The log's bytes with the super block's tail padding (bytes 28..32,
+/// uninitialised kernel stack in dm-log-writes) cleared.
+fn log_bytes(path: &str) -> Vec<u8> {
+    let mut b = std::fs::read(path).unwrap();
+    b[28..32].fill(0);
+    b
+}
+
+/// `replay-log` of `log` onto a fresh zeroed image, to `end_mark` (or
+/// all), and the image's bytes.
+fn replayed(tool: &str, dir: &Scratch, log: &str, end_mark: Option<&str>, size: u64) -> Vec<u8> {
+    let img = dir.file("replay.img", size);
+    let mut c = Command::new(tool);
+    c.args(["--log", log, "--replay", &img]);
+    if let Some(m) = end_mark {
+        c.args(["--end-mark", m]);
+    }
+    run(&mut c);
+    std::fs::read(&img).unwrap()
+}
+
+#[test]
+fn log_writes_logs_what_kernel_dm_log_writes_logs_and_replays() {
+    if !require_ublk() {
+        return;
+    }
+    let s = Scratch::new("tgt-logw");
+    let tool = replay_log(&s);
+    let size = 4 * MIB;
+    // The kernel's log, over loop devices.
+    let (kdata, klog) = (s.file("kdata.img", size), s.file("klog.img", 4 * MIB));
+    {
+        let (ld, ll) = (Loop::new(&kdata), Loop::new(&klog));
+        let table = format!("0 {} log-writes {} {}", size / 512, ld.dev, ll.dev);
+        let dm = Dm::new("klogw", &table);
+        log_writes_workload(&dm.dev, &|m| {
+            run(dmsetup().args(["message", "klogw", "0", "mark", m]));
+        });
+        drop(dm);
+    }
+    let klisting = run(Command::new(&tool).args(["-v", "--log", &klog, "--replay", "/dev/null"]));
+    assert!(
+        klisting.contains("FUA") && klisting.contains("DISCARD"),
+        "{klisting}"
+    );
+    for mode in modes() {
+        let (data, log) = (s.file("data.img", size), s.file("log.img", 4 * MIB));
+        let table = format!("0 {} log-writes {data} {log}", size / 512);
+        let dev = Device::create_in_mode("tgt-logw", &table, mode, &[]);
+        let st = rdm_ok(&["status", "tgt-logw", "--dm"]);
+        assert_eq!(st.trim(), format!("0 {} log-writes 0 0", size / 512));
+        log_writes_workload(dev.bdev_str(), &|m| {
+            rdm_ok(&["message", "tgt-logw", "0", "mark", m]);
+        });
+        // A message the target refuses gets the kernel's words.
+        let bad = rdm(&["message", "tgt-logw", "0", "mark"]);
+        assert!(!bad.ok(), "{bad}");
+        assert!(
+            bad.stderr.contains("expect 2 arguments, got 1"),
+            "{mode}: {bad}"
+        );
+        let st = rdm_ok(&["status", "tgt-logw", "--dm"]);
+        assert!(st.contains(" log-writes "), "{st}");
+        dev.remove();
+        // Entry for entry, and byte for byte, the kernel's log.
+        let listing = run(Command::new(&tool).args(["-v", "--log", &log, "--replay", "/dev/null"]));
+        assert_eq!(listing, klisting, "{mode}: replay-log listings differ");
+        assert_same_bytes(
+            &log_bytes(&log),
+            &log_bytes(&klog),
+            &format!("{mode}: the log"),
+        );
+        // Replayed to its first mark: the 16 writes before it; to the end:
+        // the device's bytes, as the kernel's log gives.
+        let mut want = vec![0u8; size as usize];
+        for i in 0..16usize {
+            want[i * 4096..(i + 1) * 4096].copy_from_slice(&random_bytes(4096, i as u64 + 1));
+        }
+        let w1 = replayed(&tool, &s, &log, Some("w1"), size);
+        assert_same_bytes(&w1, &want, &format!("{mode}: replayed to w1"));
+        let all = replayed(&tool, &s, &log, None, size);
+        assert_same_bytes(
+            &all,
+            &std::fs::read(&data).unwrap(),
+            &format!("{mode}: replayed"),
+        );
+        assert_same_bytes(
+            &all,
+            &std::fs::read(&kdata).unwrap(),
+            &format!("{mode}: kernel's data"),
+        );
+    }
 }
