@@ -28,7 +28,7 @@ mod targets;
 mod validate;
 
 pub use error::{MapError, TableError, TableErrorKind};
-pub use serve::{Data, IoCtx, IoFuture, IoMem};
+pub use serve::{Data, IoCtx, IoFuture, IoMem, Job};
 pub use table::{Segment, Table, MAX_TABLE_BYTES};
 pub use target::{
     flush_as, flush_piece, Ctr, CtrResult, DevIdx, Extent, Io, MessageFuture, Op, Piece, PieceKind,

@@ -9,7 +9,9 @@
 //! ring, and a ring's file table is updated by the thread that owns it.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -54,7 +56,7 @@ pub(crate) struct Gate {
 impl Gate {
     /// A gate for `rings` queue rings (one per queue and io thread).
     pub(crate) fn new(active: Loaded, rings: usize) -> std::io::Result<Gate> {
-        let doorbells = (0..rings)
+        let doorbells: Vec<OwnedFd> = (0..rings)
             .map(|_| {
                 rustix::event::eventfd(
                     0,
@@ -63,6 +65,9 @@ impl Gate {
                 .map_err(std::io::Error::from)
             })
             .collect::<Result<_, _>>()?;
+        if let Some(fd) = doorbells.first() {
+            crate::jobs::set_first_doorbell(fd.as_raw_fd());
+        }
         Ok(Gate {
             held: AtomicBool::new(false),
             inflight: (0..rings).map(|_| AtomicUsize::new(0)).collect(),
@@ -81,9 +86,7 @@ impl Gate {
             return Err("the device is being removed".into());
         }
         let rx = self.jobs.post(kind);
-        if let Some(fd) = self.doorbells.first() {
-            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
-        }
+        crate::jobs::ring_first();
         rx.recv_timeout(JOB_TIMEOUT).unwrap_or_else(|_| {
             Err(format!(
                 "no answer from the device's first queue within {} s",
@@ -214,22 +217,36 @@ impl<'a> QueueGate<'a> {
         }
     }
 
-    /// The first queue's jobs task: runs each posted job, one at a time,
-    /// on the active table (requests go on meanwhile). Ends with the stop.
+    /// The first queue's jobs task: runs every posted job (a message, a
+    /// hook) and every background job a target spawned, side by side and
+    /// beside the requests, each on the table active when it started.
+    /// Ends with the stop.
     pub(crate) async fn serve_jobs(&self, q: &libublk::io::UblkQueue<'_>) {
+        let mut tasks: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> = Vec::new();
         while !STOPPING.load(SeqCst) {
-            let listener = self.jobs_posted.listen();
-            let jobs = self.gate.jobs.take();
-            if jobs.is_empty() {
-                listener.await;
-                continue;
+            let mut listener = Box::pin(self.jobs_posted.listen());
+            for job in self.gate.jobs.take() {
+                tasks.push(Box::pin(async move {
+                    self.refresh();
+                    let loaded = self.active.borrow().clone();
+                    let r = loaded.core.run_job(q, &job.kind).await;
+                    job.answer(r);
+                }));
             }
-            for job in jobs {
+            for job in crate::jobs::take_spawned() {
                 self.refresh();
-                let loaded = self.active.borrow().clone();
-                let r = loaded.core.run_job(q, &job.kind).await;
-                job.answer(r);
+                let (loaded, generation) = (self.active.borrow().clone(), self.seen.get());
+                tasks.push(Box::pin(async move {
+                    let current = || self.seen.get() == generation;
+                    loaded.core.run_background(q, job, &current).await;
+                }));
             }
+            // Until new jobs come: every task runs as far as it can.
+            std::future::poll_fn(|cx| {
+                tasks.retain_mut(|t| t.as_mut().poll(cx).is_pending());
+                listener.as_mut().poll(cx)
+            })
+            .await;
         }
         for job in self.gate.jobs.take() {
             job.answer(Err("the device is being removed".into()));

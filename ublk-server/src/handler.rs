@@ -155,6 +155,7 @@ impl<B: Backend> Handler<B> {
             handler: self,
             ring,
             buf,
+            current: None,
         };
         target.serve(io, &ctx).await
     }

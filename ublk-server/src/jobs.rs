@@ -7,9 +7,13 @@
 //! first queue's doorbell; that queue's jobs task runs it on the active
 //! table and sends the answer back.
 
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use rdm_targets::Job as BackgroundJob;
 
 use crate::backend::Backend;
 use crate::handler::Handler;
@@ -71,6 +75,36 @@ impl Jobs {
     }
 }
 
+/// Background jobs targets spawned (from any queue thread), waiting for
+/// the first queue to start them. One device per server process: one list.
+static SPAWNED: Mutex<Vec<BackgroundJob>> = Mutex::new(Vec::new());
+/// The first queue's doorbell (-1 before a device has one).
+static FIRST_DOORBELL: AtomicI32 = AtomicI32::new(-1);
+
+pub(crate) fn set_first_doorbell(fd: RawFd) {
+    FIRST_DOORBELL.store(fd, SeqCst);
+}
+
+/// Rings the first queue's doorbell: it takes posted and spawned jobs.
+pub(crate) fn ring_first() {
+    let fd = FIRST_DOORBELL.load(SeqCst);
+    if fd >= 0 {
+        // SAFETY: the gate keeps its doorbells open while it serves.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+    }
+}
+
+/// A target's `IoCtx::spawn`: queued for the first queue.
+pub(crate) fn spawn(job: BackgroundJob) {
+    SPAWNED.lock().unwrap_or_else(|p| p.into_inner()).push(job);
+    ring_first();
+}
+
+pub(crate) fn take_spawned() -> Vec<BackgroundJob> {
+    std::mem::take(&mut *SPAWNED.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
 /// How long the control side waits for a job's answer.
 pub(crate) const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -86,11 +120,7 @@ impl<B: Backend> Handler<B> {
         ring: &R,
         kind: &JobKind,
     ) -> Result<String, String> {
-        let ctx = TargetIo {
-            handler: self,
-            ring,
-            buf: None,
-        };
+        let ctx = TargetIo::job(self, ring, None);
         match kind {
             JobKind::Message { sector, argv } => {
                 // dm_table_find_target, as dm-ioctl's target_message.
@@ -118,6 +148,23 @@ impl<B: Backend> Handler<B> {
                 }
                 Ok(String::new())
             }
+        }
+    }
+}
+
+impl<B: Backend> Handler<B> {
+    /// Runs a background job a target spawned, until it returns; its I/O
+    /// fails once `current` says the table it was started on is no longer
+    /// the ring's (the target's stop hook should have ended it).
+    pub(crate) async fn run_background<R: Ring>(
+        &self,
+        ring: &R,
+        job: BackgroundJob,
+        current: &dyn Fn() -> bool,
+    ) {
+        let ctx = TargetIo::job(self, ring, Some(current));
+        if let Err(e) = job(&ctx).await {
+            tracing::warn!("a background job ended: {}", errno_text(e));
         }
     }
 }

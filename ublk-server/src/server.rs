@@ -217,6 +217,19 @@ impl Core {
         }
     }
 
+    pub(crate) async fn run_background(
+        &self,
+        q: &UblkQueue<'_>,
+        job: rdm_targets::Job,
+        current: &dyn Fn() -> bool,
+    ) {
+        match self {
+            Core::Uring(h) => h.run_background(q, job, current).await,
+            Core::Dax(h) => h.run_background(q, job, current).await,
+            Core::Nbd(h) => h.run_background(q, job, current).await,
+        }
+    }
+
     /// Tells the handler what serving targets ask of the device: its
     /// block size and each backing device's size.
     fn set_geometry(&mut self, block_size: u32, records: &[DeviceRecord]) {

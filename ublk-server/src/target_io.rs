@@ -23,9 +23,34 @@ pub(crate) struct TargetIo<'h, B, R> {
     pub ring: &'h R,
     /// The request's data; `None` for a job.
     pub buf: Option<Buffer>,
+    /// For a background job: whether its table is still the ring's (its
+    /// devices' fixed files are those of the table it started on).
+    pub current: Option<&'h dyn Fn() -> bool>,
 }
 
-impl<B: Backend, R: Ring> TargetIo<'_, B, R> {
+impl<'h, B: Backend, R: Ring> TargetIo<'h, B, R> {
+    /// A job's context: no request buffer.
+    pub fn job(
+        handler: &'h Handler<B>,
+        ring: &'h R,
+        current: Option<&'h dyn Fn() -> bool>,
+    ) -> Self {
+        TargetIo {
+            handler,
+            ring,
+            buf: None,
+            current,
+        }
+    }
+
+    /// EIO for a background job whose table was swapped out.
+    fn stale(&self) -> Result<(), i32> {
+        match self.current {
+            Some(f) if !f() => Err(EIO),
+            _ => Ok(()),
+        }
+    }
+
     /// The buffer and offset `data` stands for, checked to hold `len`.
     fn locate(&self, data: &Data<'_>, len: u64) -> Result<(Buffer, u64), i32> {
         match data {
@@ -37,6 +62,7 @@ impl<B: Backend, R: Ring> TargetIo<'_, B, R> {
     }
 
     async fn transfer(&self, t: Transfer, buf: Buffer) -> Result<(), i32> {
+        self.stale()?;
         let d = &self.handler.stats.devices[t.dev];
         d.count_rw(t.write, t.len);
         let r = match self.handler.backend.transfer_now(t, buf) {
@@ -157,6 +183,7 @@ impl<B: Backend, R: Ring> IoCtx for TargetIo<'_, B, R> {
 
     fn flush(&self, dev: DevIdx) -> IoFuture<'_> {
         Box::pin(async move {
+            self.stale()?;
             let d = &self.handler.stats.devices[dev];
             Counters::add(&d.flushes, 1);
             let r = self.handler.backend.flush(self.ring, dev).await;
@@ -169,6 +196,7 @@ impl<B: Backend, R: Ring> IoCtx for TargetIo<'_, B, R> {
 
     fn zero_range(&self, dev: DevIdx, offset: u64, len: u64, discard: bool) -> IoFuture<'_> {
         Box::pin(async move {
+            self.stale()?;
             let d = &self.handler.stats.devices[dev];
             d.count_range_op(discard);
             let backend = &self.handler.backend;
@@ -229,5 +257,9 @@ impl<B: Backend, R: Ring> IoCtx for TargetIo<'_, B, R> {
 
     fn copy_to_request<'a>(&'a self, buf_offset: u64, from: &'a [u8]) -> IoFuture<'a> {
         ready(self.copy(buf_offset, from.as_ptr().cast_mut(), from.len(), false))
+    }
+
+    fn spawn(&self, job: rdm_targets::Job) {
+        crate::jobs::spawn(job);
     }
 }

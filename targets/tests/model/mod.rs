@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rdm_targets::serve::{ready, EIO};
-use rdm_targets::{Data, DevIdx, IoCtx, IoFuture};
+use rdm_targets::{Data, DevIdx, IoCtx, IoFuture, Job};
 
 pub struct MemCtx {
     pub devs: RefCell<Vec<Vec<u8>>>,
@@ -24,6 +24,8 @@ pub struct MemCtx {
     /// Whether the request's buffer can be copied from (copy mode or
     /// USER_COPY), or only moved by I/O.
     pub copyable: bool,
+    /// Background jobs spawned, for the test to run.
+    pub spawned: RefCell<Vec<Job>>,
 }
 
 impl MemCtx {
@@ -36,6 +38,7 @@ impl MemCtx {
             writes: RefCell::new(Vec::new()),
             block_size: 512,
             copyable: true,
+            spawned: RefCell::new(Vec::new()),
         }
     }
 
@@ -154,6 +157,16 @@ impl IoCtx for MemCtx {
         let mut req = self.req.borrow_mut();
         let n = req.len();
         ready(range(buf_offset, from.len() as u64, n).map(|r| req[r].copy_from_slice(from)))
+    }
+
+    fn spawn(&self, job: Job) {
+        self.spawned.borrow_mut().push(job);
+    }
+}
+
+impl MemCtx {
+    pub fn take_spawned(&self) -> Vec<Job> {
+        std::mem::take(&mut *self.spawned.borrow_mut())
     }
 }
 

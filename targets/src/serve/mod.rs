@@ -1,6 +1,11 @@
 //! What a target that serves requests itself (`DM_MAPIO_SUBMITTED`) gets
 //! from the daemon: an I/O context on the queue's ring ([`IoCtx`], the
-//! userspace dm-io), and memory for I/O of its own ([`IoMem`]).
+//! userspace dm-io), memory for I/O of its own ([`IoMem`]), and the
+//! services built on them, as dm's core lends them to its targets: a
+//! copier ([`copier`], dm-kcopyd), crash-safe metadata on a device
+//! ([`metadata`], dm-bufio plus a transaction), and background jobs
+//! ([`background`]: resync, writeback) that suspend pauses and remove
+//! stops.
 //!
 //! A remapping target never sees any of this: its `map` stays a pure
 //! function. A serving target's `map` returns [`crate::PieceKind::Serve`]
@@ -8,6 +13,10 @@
 //! [`crate::Target::serve`] with an `IoCtx` for that request: I/O to any of
 //! the table's devices, into or out of the request's own buffer (zero copy)
 //! or memory the target owns, completed when the target's future is.
+
+pub mod background;
+pub mod copier;
+pub mod metadata;
 
 use std::alloc::Layout;
 use std::future::Future;
@@ -102,7 +111,16 @@ pub trait IoCtx {
     /// Copies `from` into the request's buffer at `buf_offset` (a read's
     /// data, transformed).
     fn copy_to_request<'a>(&'a self, buf_offset: u64, from: &'a [u8]) -> IoFuture<'a>;
+
+    /// Starts `job` in the background on the device's first queue ring,
+    /// with an I/O context of its own (no request buffer); it runs beside
+    /// the requests until it returns. See [`background::Background`] for
+    /// pausing and stopping it.
+    fn spawn(&self, job: Job);
 }
+
+/// A background job: given its I/O context, the work it does.
+pub type Job = Box<dyn for<'a> FnOnce(&'a dyn IoCtx) -> IoFuture<'a> + Send>;
 
 /// A finished future, for targets that answer without I/O.
 pub fn ready<'a, T: 'a>(r: Result<T, i32>) -> IoFuture<'a, T> {
