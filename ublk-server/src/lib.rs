@@ -9,24 +9,12 @@
 //! probing is `rdm-dax`'s; this crate only wires them to real I/O.
 
 pub mod backend;
-pub mod backing;
-pub mod buffer;
-pub mod claims;
 pub mod control;
-mod ctrl_cmd;
-pub mod dax_path;
-pub mod features;
-mod gate;
-pub mod handler;
-mod jobs;
-pub mod lockfs;
-pub mod nbd;
-mod queue;
-mod queue_batch;
-pub mod recovery;
-pub mod request;
-pub mod ring;
-pub mod server;
-pub mod stats;
-mod target_io;
-mod verbs;
+pub mod io;
+pub mod services;
+
+// The paths the CLI, the benchmarks and the tests use.
+pub use backend::{backing, buffer, dax_path, nbd, ring};
+pub use control::{claims, lifecycle as server, recovery};
+pub use io::{features, handler, lockfs, request};
+pub use services::stats;

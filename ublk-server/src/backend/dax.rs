@@ -19,9 +19,9 @@ use rdm_dax::{DaxError, DaxKind, DaxMapping};
 use rdm_targets::{DevIdx, Table};
 
 use super::{needed_bytes, Backend, Transfer};
-use crate::buffer::{cdev_copy, Buffer};
-use crate::dax_path::{DaxDecision, DaxDecisionError};
-use crate::ring::{transfer_all, Ring};
+use crate::backend::buffer::{cdev_copy, Buffer};
+use crate::backend::dax_path::{DaxDecision, DaxDecisionError};
+use crate::backend::ring::{transfer_all, Ring};
 
 const EIO: i32 = -libc::EIO;
 
@@ -37,7 +37,7 @@ pub struct DaxBackend {
 
 impl DaxBackend {
     /// Maps every device of an active decision (`decision` must come from
-    /// [`crate::dax_path::decide`] on this `table`).
+    /// [`crate::backend::dax_path::decide`] on this `table`).
     pub fn open(table: &Table, decision: &DaxDecision) -> Result<Self, DaxDecisionError> {
         if !decision.active || decision.devices.len() != table.devices().len() {
             return Err(DaxDecisionError::NotActive);

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::mm::{MapFlags, ProtFlags};
 
-use crate::buffer::cdev_copy;
+use crate::backend::buffer::cdev_copy;
 
 /// The largest piece moved through the mapping.
 pub const MAX_PIECE: u64 = 16 << 10;

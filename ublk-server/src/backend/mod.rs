@@ -1,16 +1,25 @@
-//! How a piece touches a backing device: one trait, one implementation per
-//! way of reaching the devices (as cloud-hypervisor's `AsyncIo`). The
-//! request handler is written once against it.
+//! Backends: how a piece touches a backing device. One trait, one
+//! implementation per way of reaching the devices (as cloud-hypervisor's
+//! `AsyncIo`): io_uring on files ([`uring`], with [`memfile`] mappings),
+//! persistent-memory mappings ([`dax`], chosen by [`dax_path`]), NBD
+//! exports ([`nbd`], its protocol inside). Below them: the ring they
+//! submit to ([`ring`]), where a request's data lives ([`buffer`]), and
+//! opening and inspecting the devices ([`backing`]). The request handler
+//! and the target services are written once against the trait.
 
+pub mod backing;
+pub mod buffer;
 pub mod dax;
+pub mod dax_path;
 pub mod memfile;
 pub mod nbd;
+pub mod ring;
 pub mod uring;
 
 use rdm_targets::{DevIdx, Table};
 
-use crate::buffer::Buffer;
-use crate::ring::Ring;
+use crate::backend::buffer::Buffer;
+use crate::backend::ring::Ring;
 
 /// One piece's data transfer.
 #[derive(Debug, Clone, Copy)]

@@ -8,8 +8,8 @@ use rdm_targets::DevIdx;
 
 use super::memfile::MemFile;
 use super::{Backend, Transfer};
-use crate::buffer::Buffer;
-use crate::ring::{transfer_all, Ring};
+use crate::backend::buffer::Buffer;
+use crate::backend::ring::{transfer_all, Ring};
 
 /// A backing device as the rings see it.
 #[derive(Debug, Clone, Copy)]

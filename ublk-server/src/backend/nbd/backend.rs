@@ -1,5 +1,5 @@
 //! Backing devices that are NBD exports: each piece becomes NBD commands on
-//! the queue's own connection to the export (see [`crate::nbd::conn`]).
+//! the queue's own connection to the export (see [`crate::backend::nbd::conn`]).
 //! FLUSH, FUA, discard and write-zeroes become NBD commands where the
 //! export offers them; FUA without the flag is a write and a flush, and
 //! write-zeroes without the command writes zeros. A table may mix exports
@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use rdm_targets::DevIdx;
 
-use super::uring::UringBackend;
-use super::{Backend, Transfer};
-use crate::backing::{self, BackingError};
-use crate::buffer::{Aux, Buffer};
-use crate::nbd::conn::{Cmd, Export};
-use crate::nbd::proto::{cmd, flags};
-use crate::nbd::socket::Data;
-use crate::ring::Ring;
+use crate::backend::backing::{self, BackingError};
+use crate::backend::buffer::{Aux, Buffer};
+use crate::backend::nbd::conn::{Cmd, Export};
+use crate::backend::nbd::proto::{cmd, flags};
+use crate::backend::nbd::socket::Data;
+use crate::backend::ring::Ring;
+use crate::backend::uring::UringBackend;
+use crate::backend::{Backend, Transfer};
 
 /// How a table uses an export.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +45,7 @@ pub fn open_export(p: &Path, o: ExportOptions, aux: Aux) -> Result<Export, Backi
         let (uri, addr, info, fd) = backing::connect_export(p, backing::NBD_CHECK_TIMEOUT)?;
         if ring == 0 {
             let refuse = |msg: String| {
-                crate::nbd::socket::disconnect(&fd);
+                crate::backend::nbd::socket::disconnect(&fd);
                 Err(err(msg))
             };
             if o.rings > 1 && o.writable && !info.has(flags::CAN_MULTI_CONN) {

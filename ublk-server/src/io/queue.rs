@@ -19,11 +19,11 @@ use libublk::uring_async::{
 };
 use libublk::{sys, UblkError, UblkUringData};
 
-use crate::buffer::Buffer;
-use crate::features::DataMode;
-use crate::gate::{Gate, QueueGate};
-use crate::request::Request;
-use crate::server::{Core, FORCE_EXIT, STOPPING};
+use crate::backend::buffer::Buffer;
+use crate::io::features::DataMode;
+use crate::io::gate::{Gate, QueueGate};
+use crate::io::loaded::{Core, FORCE_EXIT, STOPPING};
+use crate::io::request::Request;
 
 /// `UBLK_IO_F_NEED_REG_BUF`: auto registration failed, register by hand.
 const IO_F_NEED_REG_BUF: u32 = sys::UBLK_IO_F_NEED_REG_BUF;
@@ -33,7 +33,7 @@ pub(crate) fn run(ring: RingId, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode)
     let qid = ring.qid;
     enter(ring);
     if mode == DataMode::Batch {
-        return crate::queue_batch::run(ring, dev, gate);
+        return crate::io::queue_batch::run(ring, dev, gate);
     }
     init_ring(dev, mode);
     let q = match UblkQueue::new(qid, dev) {
@@ -133,20 +133,11 @@ pub(crate) struct RingId {
     pub slot: usize,
 }
 
-thread_local! {
-    static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
 /// Makes this thread ring `r`'s: libublk picks the io thread's share of
 /// the tags from it, and [`slot`] answers it.
 fn enter(r: RingId) {
     libublk::io::set_io_thread_idx(r.thread);
-    SLOT.with(|s| s.set(r.slot));
-}
-
-/// The slot of this thread's ring (0 outside queue threads).
-pub(crate) fn slot() -> usize {
-    SLOT.with(|s| s.get())
+    crate::backend::ring::set_slot(r.slot);
 }
 
 /// This thread's queue ring (libublk's per-queue ring, which it then uses
@@ -286,13 +277,13 @@ async fn through_buffer(
         Ok(())
     };
     let op = req.op();
-    if op == crate::request::op::WRITE {
+    if op == crate::io::request::op::WRITE {
         if let Err(e) = copy(false, mem) {
             return e;
         }
     }
     let r = core.handle(q, req, b).await;
-    if op == crate::request::op::READ && r > 0 {
+    if op == crate::io::request::op::READ && r > 0 {
         if let Err(e) = copy(true, mem) {
             return e;
         }
@@ -310,7 +301,7 @@ async fn io_task(
 ) -> Result<(), UblkError> {
     // Zero copy may have USER_COPY too: then the request's pages are also
     // reachable through /dev/ublkcN (memory files use it).
-    let user_copy = q.dev.dev_info.flags & crate::features::F_USER_COPY != 0;
+    let user_copy = q.dev.dev_info.flags & crate::io::features::F_USER_COPY != 0;
     if user_copy && mode != DataMode::ZeroCopy {
         // The data moves by pread/pwrite on /dev/ublkcN (fixed file 0).
         let buffer = Buffer::UserCopy {

@@ -9,12 +9,12 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use rdm_targets::{DeviceInfo, Table, TableError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::nbd;
-use crate::nbd::proto::ExportInfo;
-use crate::nbd::socket::Addr;
-use crate::nbd::uri::Uri;
+use crate::backend::nbd;
+use crate::backend::nbd::proto::ExportInfo;
+use crate::backend::nbd::socket::Addr;
+use crate::backend::nbd::uri::Uri;
 
 /// A backing device that cannot be used, naming its path and the cause.
 #[derive(Debug, thiserror::Error)]
@@ -245,4 +245,24 @@ pub fn supports_discard(f: &File) -> bool {
     let beyond = (meta.len() + 8191) & !4095;
     let punch = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
     rustix::fs::fallocate(f, punch, beyond, 4096).is_ok()
+}
+
+/// One backing device's identity, recorded for recovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub path: PathBuf,
+    /// (st_dev, st_ino), or the device number of a block device.
+    pub identity: (u64, u64),
+    pub size_bytes: u64,
+}
+
+impl DeviceRecord {
+    /// The record of a backing device as inspected.
+    pub fn of(b: &BackingInfo) -> DeviceRecord {
+        DeviceRecord {
+            path: b.path.clone(),
+            identity: b.info.identity,
+            size_bytes: b.info.size_bytes,
+        }
+    }
 }

@@ -124,7 +124,7 @@ pub fn decide(table: &Table, policy: DaxPolicy) -> Result<DaxDecision, DaxDecisi
     }
     let mut devices = Vec::with_capacity(table.devices().len());
     for p in table.devices() {
-        if crate::nbd::uri::is_nbd(p) {
+        if crate::backend::nbd::uri::is_nbd(p) {
             devices.push(DeviceDax {
                 path: p.clone(),
                 supported: Some(false),
@@ -192,7 +192,9 @@ pub fn decide(table: &Table, policy: DaxPolicy) -> Result<DaxDecision, DaxDecisi
             n => format!(" (and {n} more reasons)"),
         };
         // Nobody expects DAX over the network: no note for such tables.
-        let remote = devices.iter().any(|d| crate::nbd::uri::is_nbd(&d.path));
+        let remote = devices
+            .iter()
+            .any(|d| crate::backend::nbd::uri::is_nbd(&d.path));
         (
             Some(problems.join("; ")),
             (!remote).then(|| format!("dax: {what}{more}; serving through io_uring")),

@@ -35,8 +35,8 @@ use super::socket::{
 };
 use super::status::{Counters, ExportCounters};
 use super::uri::Uri;
-use crate::buffer::Aux;
-use crate::ring::Ring;
+use crate::backend::buffer::Aux;
+use crate::backend::ring::Ring;
 
 const EIO: i32 = -libc::EIO;
 /// Reconnect backoff: first retry, and the longest pause between tries

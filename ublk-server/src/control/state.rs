@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dax_path::DaxPolicy;
-use crate::features::{DataMode, ZeroCopy};
-use crate::recovery::{self, Recovery};
+use crate::backend::dax_path::DaxPolicy;
+use crate::control::recovery::{self, Recovery};
+use crate::io::features::{DataMode, ZeroCopy};
 
 /// The run directory: `$RDM_RUN_DIR` if set; for root `/run/rdm`; for
 /// any other user `$XDG_RUNTIME_DIR/rdm` (or `/run/user/UID/rdm`), their
@@ -152,25 +152,7 @@ pub struct DeviceState {
     pub io_threads: Option<u16>,
 }
 
-/// One backing device's identity, recorded for recovery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceRecord {
-    pub path: PathBuf,
-    /// (st_dev, st_ino), or the device number of a block device.
-    pub identity: (u64, u64),
-    pub size_bytes: u64,
-}
-
-impl DeviceRecord {
-    /// The record of a backing device as inspected.
-    pub fn of(b: &crate::backing::BackingInfo) -> DeviceRecord {
-        DeviceRecord {
-            path: b.path.clone(),
-            identity: b.info.identity,
-            size_bytes: b.info.size_bytes,
-        }
-    }
-}
+pub use crate::backend::backing::DeviceRecord;
 
 /// Whether a recorded device's server is still there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -505,7 +487,7 @@ impl Request {
             Request::Suspend { .. } | Request::Resume | Request::Reload { .. } => {
                 Duration::from_secs(600)
             }
-            Request::Message { .. } => crate::jobs::JOB_TIMEOUT + Duration::from_secs(5),
+            Request::Message { .. } => crate::services::jobs::JOB_TIMEOUT + Duration::from_secs(5),
             _ => Duration::from_secs(30),
         }
     }

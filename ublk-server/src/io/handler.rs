@@ -12,12 +12,12 @@ use std::pin::Pin;
 
 use rdm_targets::{Op, Piece, PieceKind, Table};
 
+use crate::backend::buffer::{Aux, Buffer};
+use crate::backend::ring::{first_error, join_all, Ring};
 use crate::backend::{Backend, Transfer};
-use crate::buffer::{Aux, Buffer};
-use crate::request::{Request, EIO};
-use crate::ring::{first_error, join_all, Ring};
-use crate::stats::{Counters, Stats};
-use crate::target_io::TargetIo;
+use crate::io::request::{Request, EIO};
+use crate::services::stats::{Counters, Stats};
+use crate::services::target_io::TargetIo;
 
 /// Everything a queue needs to serve requests; shared by all queues.
 #[derive(Debug)]
@@ -43,6 +43,26 @@ impl<B: Backend> Handler<B> {
             aux,
             block_size: 512,
             device_bytes,
+        }
+    }
+
+    /// The I/O context a target gets on `ring`: for a request (`buf`), or
+    /// for a job (`None`; `current`: whether its table is still the ring's).
+    pub(crate) fn target_io<'h, R: Ring>(
+        &'h self,
+        ring: &'h R,
+        buf: Option<Buffer>,
+        current: Option<&'h dyn Fn() -> bool>,
+    ) -> TargetIo<'h, B, R> {
+        TargetIo {
+            backend: &self.backend,
+            stats: &self.stats,
+            aux: self.aux,
+            block_size: self.block_size,
+            device_bytes: &self.device_bytes,
+            ring,
+            buf,
+            current,
         }
     }
 
@@ -115,7 +135,7 @@ impl<B: Backend> Handler<B> {
         p: &Piece,
         buf: Buffer,
     ) -> Result<(), i32> {
-        let (write, fua) = (req.op() == crate::request::op::WRITE, req.fua());
+        let (write, fua) = (req.op() == crate::io::request::op::WRITE, req.fua());
         let seg = &self.stats.segments[p.segment];
         seg.count_rw(write, p.len);
         let res = match p.kind {
@@ -151,12 +171,7 @@ impl<B: Backend> Handler<B> {
     ) -> Result<(), i32> {
         let o = req.target_op().ok_or(EIO)?;
         let (target, io) = self.table.served(p, o, req.opf(o)).ok_or(EIO)?;
-        let ctx = TargetIo {
-            handler: self,
-            ring,
-            buf,
-            current: None,
-        };
+        let ctx = self.target_io(ring, buf, None);
         target.serve(io, &ctx).await
     }
 

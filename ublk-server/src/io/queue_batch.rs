@@ -5,7 +5,7 @@
 //!
 //! The request path is the per-tag one's: a task per tag serves each
 //! request it is given through the gate and the active table's handler
-//! ([`crate::queue::serve`]); the loop below delivers fetched tags to
+//! ([`crate::io::queue::serve`]); the loop below delivers fetched tags to
 //! their tasks and commits the results every task produced since the last
 //! turn, all at once.
 
@@ -21,11 +21,11 @@ use libublk::io::{
 };
 use libublk::uring_async::ublk_wake_task;
 
-use crate::buffer::Buffer;
-use crate::features::DataMode;
-use crate::gate::{Gate, QueueGate};
-use crate::queue::{init_ring, register_bufs, serve, RingId};
-use crate::server::{FORCE_EXIT, STOPPING};
+use crate::backend::buffer::Buffer;
+use crate::io::features::DataMode;
+use crate::io::gate::{Gate, QueueGate};
+use crate::io::loaded::{FORCE_EXIT, STOPPING};
+use crate::io::queue::{init_ring, register_bufs, serve, RingId};
 
 /// Fetched tags waiting for their task, and the tasks' results waiting
 /// for the next commit.

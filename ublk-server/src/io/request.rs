@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use rdm_targets::{Op, Piece, PieceKind, Table};
 
-use crate::stats::{Counters, Stats};
+use crate::services::stats::{Counters, Stats};
 
 /// ublk operation codes and flags (libublk's `UBLK_IO_OP_*`, `UBLK_IO_F_*`).
 pub mod op {

@@ -14,6 +14,20 @@ use std::task::{Context, Poll, Wake, Waker};
 use io_uring::{squeue, IoUring};
 use slab::Slab;
 
+thread_local! {
+    static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes this thread's ring slot `n` (a queue thread's, at its start).
+pub(crate) fn set_slot(n: usize) {
+    SLOT.with(|s| s.set(n));
+}
+
+/// The slot of this thread's ring (0 outside queue threads).
+pub(crate) fn slot() -> usize {
+    SLOT.with(|s| s.get())
+}
+
 pub trait Ring {
     /// Queues one SQE; the future resolves to its CQE's `res`.
     fn submit(&self, sqe: squeue::Entry) -> impl Future<Output = i32>;
@@ -30,7 +44,7 @@ impl Ring for libublk::io::UblkQueue<'_> {
     }
 
     fn slot(&self) -> usize {
-        crate::queue::slot()
+        slot()
     }
 }
 

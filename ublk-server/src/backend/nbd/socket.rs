@@ -13,8 +13,8 @@ use io_uring::{opcode, squeue, types};
 
 use super::proto::{self, chunk, cmd, ExportInfo, Reply, Wire};
 use super::uri::{Server, Uri};
-use crate::buffer::{Aux, Buffer};
-use crate::ring::Ring;
+use crate::backend::buffer::{Aux, Buffer};
+use crate::backend::ring::Ring;
 
 const EIO: i32 = -libc::EIO;
 

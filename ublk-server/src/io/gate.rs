@@ -22,9 +22,9 @@ use io_uring::{opcode, types};
 use libublk::uring_async::ublk_submit_sqe_async;
 use libublk::UblkUringData;
 
-use crate::jobs::{JobKind, Jobs, JOB_TIMEOUT};
-use crate::lockfs::Frozen;
-use crate::server::{Loaded, STOPPING};
+use crate::io::loaded::{Loaded, STOPPING};
+use crate::io::lockfs::Frozen;
+use crate::services::jobs::{JobKind, Jobs, JOB_TIMEOUT};
 
 /// Fixed-file slots on every queue ring: 0 is /dev/ublkcN (libublk's),
 /// then `/dev/zero` and the bytes file, then the backing devices. All
@@ -66,7 +66,7 @@ impl Gate {
             })
             .collect::<Result<_, _>>()?;
         if let Some(fd) = doorbells.first() {
-            crate::jobs::set_first_doorbell(fd.as_raw_fd());
+            crate::services::jobs::set_first_doorbell(fd.as_raw_fd());
         }
         Ok(Gate {
             held: AtomicBool::new(false),
@@ -86,7 +86,7 @@ impl Gate {
             return Err("the device is being removed".into());
         }
         let rx = self.jobs.post(kind);
-        crate::jobs::ring_first();
+        crate::services::jobs::ring_first();
         rx.recv_timeout(JOB_TIMEOUT).unwrap_or_else(|_| {
             Err(format!(
                 "no answer from the device's first queue within {} s",
@@ -97,7 +97,7 @@ impl Gate {
 
     /// Runs a hook job when the active table has targets with hooks;
     /// logs a failure (a hook cannot undo a suspend or a remove).
-    pub(crate) fn run_hook(&self, hook: crate::jobs::Hook) {
+    pub(crate) fn run_hook(&self, hook: crate::services::jobs::Hook) {
         if !self.active().core.table().has_serving_targets() {
             return;
         }
@@ -233,7 +233,7 @@ impl<'a> QueueGate<'a> {
                     job.answer(r);
                 }));
             }
-            for job in crate::jobs::take_spawned() {
+            for job in crate::services::jobs::take_spawned() {
                 self.refresh();
                 let (loaded, generation) = (self.active.borrow().clone(), self.seen.get());
                 tasks.push(Box::pin(async move {

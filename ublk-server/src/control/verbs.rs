@@ -17,15 +17,15 @@ use rdm_targets::Table;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::control::{ControlError, DeviceState, Request, StateGuard};
-use crate::dax_path::DaxDecision;
-use crate::features::DataMode;
-use crate::gate::Gate;
-use crate::jobs::{Hook, JobKind};
-use crate::lockfs;
-use crate::nbd::status::ExportStatus;
-use crate::server::{ctrl_ring, open_data_path, probe, Config, Live, Loaded, Stopper};
-use crate::stats::Snapshot;
+use crate::backend::dax_path::DaxDecision;
+use crate::backend::nbd::status::ExportStatus;
+use crate::control::lifecycle::{ctrl_ring, open_data_path, probe, Config, Live, Loaded, Stopper};
+use crate::control::state::{ControlError, DeviceState, Request, StateGuard};
+use crate::io::features::DataMode;
+use crate::io::gate::Gate;
+use crate::io::lockfs;
+use crate::services::jobs::{Hook, JobKind};
+use crate::services::stats::Snapshot;
 
 /// One served device and what its verbs act on.
 pub(crate) struct Device {
@@ -133,7 +133,7 @@ impl Device {
         };
         // Held until the loaded table is recorded: its writable ranges are
         // claimed from then on.
-        let claims = crate::claims::lock().map_err(|e| e.to_string())?;
+        let claims = crate::control::claims::lock().map_err(|e| e.to_string())?;
         let probed = probe(&cfg, None).map_err(|e| e.to_string())?;
         let mut loaded = open_data_path(&cfg, probed, self.mode != DataMode::ZeroCopy)
             .map_err(|e| e.to_string())?;

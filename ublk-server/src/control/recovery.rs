@@ -9,7 +9,7 @@ use std::path::Path;
 use libublk::sys;
 use serde::{Deserialize, Serialize};
 
-use crate::control::DeviceState;
+use crate::control::state::DeviceState;
 
 /// `--recovery`: what the kernel does with I/O while no server is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]

@@ -13,12 +13,7 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdm_targets::Job as BackgroundJob;
-
-use crate::backend::Backend;
-use crate::handler::Handler;
-use crate::ring::Ring;
-use crate::target_io::TargetIo;
+pub(crate) use rdm_targets::Job as BackgroundJob;
 
 /// The hooks dm calls on a table's targets (`presuspend`, `postsuspend`,
 /// `resume`, and `dtr`'s I/O).
@@ -109,62 +104,6 @@ pub(crate) fn take_spawned() -> Vec<BackgroundJob> {
 pub(crate) const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The kernel's text for an errno a hook returned.
-fn errno_text(e: i32) -> String {
+pub(crate) fn errno_text(e: i32) -> String {
     std::io::Error::from_raw_os_error(-e).to_string()
-}
-
-impl<B: Backend> Handler<B> {
-    /// Runs one job on `ring` against this table.
-    pub(crate) async fn run_job<R: Ring>(
-        &self,
-        ring: &R,
-        kind: &JobKind,
-    ) -> Result<String, String> {
-        let ctx = TargetIo::job(self, ring, None);
-        match kind {
-            JobKind::Message { sector, argv } => {
-                // dm_table_find_target, as dm-ioctl's target_message.
-                let seg = (self.table.segment_at(*sector))
-                    .ok_or("Target message sector outside device.")?;
-                self.table.segments()[seg].target.message(argv, &ctx).await
-            }
-            JobKind::Hook(hook) => {
-                for s in self.table.segments().iter().filter(|s| s.target.serves()) {
-                    let t = &s.target;
-                    let r = match hook {
-                        Hook::Presuspend => t.presuspend(&ctx).await,
-                        Hook::Postsuspend => t.postsuspend(&ctx).await,
-                        Hook::Resume => t.resume(&ctx).await,
-                        Hook::Stop => t.stop(&ctx).await,
-                    };
-                    r.map_err(|e| {
-                        format!(
-                            "{} (line {}): {hook:?}: {}",
-                            t.name(),
-                            s.line,
-                            errno_text(e)
-                        )
-                    })?;
-                }
-                Ok(String::new())
-            }
-        }
-    }
-}
-
-impl<B: Backend> Handler<B> {
-    /// Runs a background job a target spawned, until it returns; its I/O
-    /// fails once `current` says the table it was started on is no longer
-    /// the ring's (the target's stop hook should have ended it).
-    pub(crate) async fn run_background<R: Ring>(
-        &self,
-        ring: &R,
-        job: BackgroundJob,
-        current: &dyn Fn() -> bool,
-    ) {
-        let ctx = TargetIo::job(self, ring, Some(current));
-        if let Err(e) = job(&ctx).await {
-            tracing::warn!("a background job ended: {}", errno_text(e));
-        }
-    }
 }

@@ -4,7 +4,7 @@
 
 use io_uring::{opcode, types};
 
-use crate::ring::{transfer_all, Ring};
+use crate::backend::ring::{transfer_all, Ring};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Buffer {

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use rdm_targets::Table;
 
-use crate::backing::{identity_of, BackingInfo};
-use crate::control::{self, io_err, ControlError, DeviceState, Liveness};
+use crate::backend::backing::{identity_of, BackingInfo};
+use crate::control::state::{self as control, io_err, ControlError, DeviceState, Liveness};
 
 /// The claims lock, held while alive.
 #[derive(Debug)]
@@ -127,8 +127,8 @@ fn holds_claims(s: &DeviceState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backing::inspect_all;
-    use crate::control::DeviceRecord;
+    use crate::backend::backing::inspect_all;
+    use crate::control::state::DeviceRecord;
 
     /// A device `name` live in this process over `table`, its objects
     /// recorded as a create records them.

@@ -10,16 +10,20 @@ use io_uring::{opcode, types};
 use rdm_targets::serve::{ready, EIO, EOPNOTSUPP};
 use rdm_targets::{Data, DevIdx, IoCtx, IoFuture};
 
+use crate::backend::buffer::{cdev_copy, Aux, Buffer};
+use crate::backend::ring::Ring;
 use crate::backend::{Backend, Transfer};
-use crate::buffer::{cdev_copy, Buffer};
-use crate::handler::Handler;
-use crate::ring::Ring;
-use crate::stats::Counters;
+use crate::services::stats::{Counters, Stats};
 
 /// A target's view of one request (or of a job: no request buffer) on one
 /// queue ring.
 pub(crate) struct TargetIo<'h, B, R> {
-    pub handler: &'h Handler<B>,
+    pub backend: &'h B,
+    pub stats: &'h Stats,
+    pub aux: Aux,
+    /// The device's logical block size, and each backing device's size.
+    pub block_size: u32,
+    pub device_bytes: &'h [u64],
     pub ring: &'h R,
     /// The request's data; `None` for a job.
     pub buf: Option<Buffer>,
@@ -29,20 +33,6 @@ pub(crate) struct TargetIo<'h, B, R> {
 }
 
 impl<'h, B: Backend, R: Ring> TargetIo<'h, B, R> {
-    /// A job's context: no request buffer.
-    pub fn job(
-        handler: &'h Handler<B>,
-        ring: &'h R,
-        current: Option<&'h dyn Fn() -> bool>,
-    ) -> Self {
-        TargetIo {
-            handler,
-            ring,
-            buf: None,
-            current,
-        }
-    }
-
     /// EIO for a background job whose table was swapped out.
     fn stale(&self) -> Result<(), i32> {
         match self.current {
@@ -63,11 +53,11 @@ impl<'h, B: Backend, R: Ring> TargetIo<'h, B, R> {
 
     async fn transfer(&self, t: Transfer, buf: Buffer) -> Result<(), i32> {
         self.stale()?;
-        let d = &self.handler.stats.devices[t.dev];
+        let d = &self.stats.devices[t.dev];
         d.count_rw(t.write, t.len);
-        let r = match self.handler.backend.transfer_now(t, buf) {
+        let r = match self.backend.transfer_now(t, buf) {
             Some(r) => r,
-            None => self.handler.backend.transfer(self.ring, t, buf).await,
+            None => self.backend.transfer(self.ring, t, buf).await,
         };
         if r.is_err() {
             Counters::add(&d.errors, 1);
@@ -156,11 +146,11 @@ fn mem(p: *const u8) -> Buffer {
 
 impl<B: Backend, R: Ring> IoCtx for TargetIo<'_, B, R> {
     fn block_size(&self) -> u32 {
-        self.handler.block_size
+        self.block_size
     }
 
     fn device_bytes(&self, dev: DevIdx) -> u64 {
-        self.handler.device_bytes.get(dev).copied().unwrap_or(0)
+        self.device_bytes.get(dev).copied().unwrap_or(0)
     }
 
     fn read<'a>(&'a self, dev: DevIdx, offset: u64, len: u64, data: Data<'a>) -> IoFuture<'a> {
@@ -184,9 +174,9 @@ impl<B: Backend, R: Ring> IoCtx for TargetIo<'_, B, R> {
     fn flush(&self, dev: DevIdx) -> IoFuture<'_> {
         Box::pin(async move {
             self.stale()?;
-            let d = &self.handler.stats.devices[dev];
+            let d = &self.stats.devices[dev];
             Counters::add(&d.flushes, 1);
-            let r = self.handler.backend.flush(self.ring, dev).await;
+            let r = self.backend.flush(self.ring, dev).await;
             if r.is_err() {
                 Counters::add(&d.errors, 1);
             }
@@ -197,9 +187,9 @@ impl<B: Backend, R: Ring> IoCtx for TargetIo<'_, B, R> {
     fn zero_range(&self, dev: DevIdx, offset: u64, len: u64, discard: bool) -> IoFuture<'_> {
         Box::pin(async move {
             self.stale()?;
-            let d = &self.handler.stats.devices[dev];
+            let d = &self.stats.devices[dev];
             d.count_range_op(discard);
-            let backend = &self.handler.backend;
+            let backend = &self.backend;
             let r = backend
                 .zero_range(self.ring, dev, offset, len, discard)
                 .await;
@@ -224,28 +214,22 @@ impl<B: Backend, R: Ring> IoCtx for TargetIo<'_, B, R> {
     fn fill_zero(&self, buf_offset: u64, len: u64) -> IoFuture<'_> {
         Box::pin(async move {
             let buf = self.buf.ok_or(EIO)?;
-            buf.fill_zero(self.ring, self.handler.aux, buf_offset, len)
-                .await
+            buf.fill_zero(self.ring, self.aux, buf_offset, len).await
         })
     }
 
     fn set_request_byte(&self, buf_offset: u64, value: u8) -> IoFuture<'_> {
         Box::pin(async move {
             let buf = self.buf.ok_or(EIO)?;
-            buf.set_byte(self.ring, self.handler.aux, buf_offset, value)
-                .await
+            buf.set_byte(self.ring, self.aux, buf_offset, value).await
         })
     }
 
     fn set_device_byte(&self, dev: DevIdx, offset: u64, value: u8) -> IoFuture<'_> {
         Box::pin(async move {
-            let r = self
-                .handler
-                .backend
-                .set_byte(self.ring, dev, offset, value)
-                .await;
+            let r = self.backend.set_byte(self.ring, dev, offset, value).await;
             if r.is_err() {
-                Counters::add(&self.handler.stats.devices[dev].errors, 1);
+                Counters::add(&self.stats.devices[dev].errors, 1);
             }
             r
         })
@@ -260,6 +244,6 @@ impl<B: Backend, R: Ring> IoCtx for TargetIo<'_, B, R> {
     }
 
     fn spawn(&self, job: rdm_targets::Job) {
-        crate::jobs::spawn(job);
+        crate::services::jobs::spawn(job);
     }
 }
