@@ -99,6 +99,60 @@ pub enum DaxDecisionError {
     TooSmall { path: PathBuf, have: u64, need: u64 },
 }
 
+/// One device's answer: an NBD export is never DAX, a file or device is
+/// probed (a probe error is an error, not a reason).
+fn probe_device(p: &std::path::Path) -> Result<DeviceDax, DaxDecisionError> {
+    let no = |reason: String| DeviceDax {
+        path: p.to_path_buf(),
+        supported: Some(false),
+        kind: None,
+        reason: Some(reason),
+        persistence_domain: None,
+        info: None,
+    };
+    if crate::backend::nbd::uri::is_nbd(p) {
+        return Ok(no("an NBD export, not persistent memory".into()));
+    }
+    Ok(match rdm_dax::probe(p).map_err(DaxDecisionError::Probe)? {
+        Dax::Supported(info) => DeviceDax {
+            path: p.to_path_buf(),
+            supported: Some(true),
+            kind: Some(info.kind),
+            reason: None,
+            persistence_domain: Some(info.persistence_domain),
+            info: Some(info),
+        },
+        Dax::Unsupported(u) => no(u.reason.to_string()),
+    })
+}
+
+/// Why a table cannot be served through DAX (every problem), and the one
+/// line `--dax auto` prints (none for tables with NBD exports: nobody
+/// expects DAX over the network).
+fn fallback_reason(devices: &[DeviceDax], problems: &[String]) -> (Option<String>, Option<String>) {
+    let first = devices.iter().find(|d| d.supported == Some(false));
+    let what = match first {
+        Some(d) => format!(
+            "{} is not DAX-capable: {}",
+            d.path.display(),
+            d.reason.as_deref().unwrap_or("unknown")
+        ),
+        None => problems[0].clone(),
+    };
+    let more = match problems.len() - 1 {
+        0 => String::new(),
+        1 => " (and 1 more reason)".into(),
+        n => format!(" (and {n} more reasons)"),
+    };
+    let remote = devices
+        .iter()
+        .any(|d| crate::backend::nbd::uri::is_nbd(&d.path));
+    (
+        Some(problems.join("; ")),
+        (!remote).then(|| format!("dax: {what}{more}; serving through io_uring")),
+    )
+}
+
 /// Probes the table's devices and applies `policy`.
 pub fn decide(table: &Table, policy: DaxPolicy) -> Result<DaxDecision, DaxDecisionError> {
     if policy == DaxPolicy::Off {
@@ -122,38 +176,11 @@ pub fn decide(table: &Table, policy: DaxPolicy) -> Result<DaxDecision, DaxDecisi
             note: None,
         });
     }
-    let mut devices = Vec::with_capacity(table.devices().len());
-    for p in table.devices() {
-        if crate::backend::nbd::uri::is_nbd(p) {
-            devices.push(DeviceDax {
-                path: p.clone(),
-                supported: Some(false),
-                kind: None,
-                reason: Some("an NBD export, not persistent memory".into()),
-                persistence_domain: None,
-                info: None,
-            });
-            continue;
-        }
-        devices.push(match rdm_dax::probe(p).map_err(DaxDecisionError::Probe)? {
-            Dax::Supported(info) => DeviceDax {
-                path: p.clone(),
-                supported: Some(true),
-                kind: Some(info.kind),
-                reason: None,
-                persistence_domain: Some(info.persistence_domain),
-                info: Some(info),
-            },
-            Dax::Unsupported(u) => DeviceDax {
-                path: p.clone(),
-                supported: Some(false),
-                kind: None,
-                reason: Some(u.reason.to_string()),
-                persistence_domain: None,
-                info: None,
-            },
-        });
-    }
+    let devices = table
+        .devices()
+        .iter()
+        .map(|p| probe_device(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut problems: Vec<String> = devices
         .iter()
         .filter(|d| d.supported == Some(false))
@@ -174,31 +201,9 @@ pub fn decide(table: &Table, policy: DaxPolicy) -> Result<DaxDecision, DaxDecisi
     if !capable && policy == DaxPolicy::Required {
         return Err(DaxDecisionError::Required { problems });
     }
-    let (reason, note) = if capable {
-        (None, None)
-    } else {
-        let first = devices.iter().find(|d| d.supported == Some(false));
-        let what = match first {
-            Some(d) => format!(
-                "{} is not DAX-capable: {}",
-                d.path.display(),
-                d.reason.as_deref().unwrap_or("unknown")
-            ),
-            None => problems[0].clone(),
-        };
-        let more = match problems.len() - 1 {
-            0 => String::new(),
-            1 => " (and 1 more reason)".into(),
-            n => format!(" (and {n} more reasons)"),
-        };
-        // Nobody expects DAX over the network: no note for such tables.
-        let remote = devices
-            .iter()
-            .any(|d| crate::backend::nbd::uri::is_nbd(&d.path));
-        (
-            Some(problems.join("; ")),
-            (!remote).then(|| format!("dax: {what}{more}; serving through io_uring")),
-        )
+    let (reason, note) = match capable {
+        true => (None, None),
+        false => fallback_reason(&devices, &problems),
     };
     Ok(DaxDecision {
         policy,

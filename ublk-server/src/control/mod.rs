@@ -7,6 +7,7 @@
 pub mod claims;
 pub mod config;
 pub(crate) mod ctrl_cmd;
+pub(crate) mod kernel;
 pub mod lifecycle;
 pub(crate) mod open;
 pub mod recovery;

@@ -8,7 +8,7 @@ use crate::backend::buffer::{Aux, BYTES};
 use crate::backend::dax::DaxBackend;
 use crate::backend::dax_path::{self, DaxDecision};
 use crate::backend::memfile::MemFile;
-use crate::backend::nbd::{self, uri::is_nbd};
+use crate::backend::nbd::uri::is_nbd;
 use crate::backend::nbd::{open_export, ExportOptions, NbdBackend};
 use crate::backend::uring::{Backing, UringBackend};
 use crate::control::claims;
@@ -191,10 +191,6 @@ pub(crate) fn open_data_path(
     allow_dax: bool,
 ) -> Result<Loaded, ServerError> {
     let name = &cfg.name;
-    let backing_err = |source| ServerError::Backing {
-        name: name.clone(),
-        source,
-    };
     let ndev = cfg.table.devices().len();
     let max = FIXED_SLOTS - FIRST_BACKING_SLOT as usize;
     if ndev > max {
@@ -223,13 +219,11 @@ pub(crate) fn open_data_path(
         dax.active = false;
         dax.reason = Some(why);
     }
-    let mut files: Vec<Option<File>> = Vec::new();
-    let mut discard = true;
     let aux = Aux {
         zero: Some(ZERO_SLOT),
         bytes: Some(BYTES_SLOT),
     };
-    let core = if dax.active {
+    let (mut core, files, discard) = if dax.active {
         // Copy mode: the driver copies request data into our buffers and
         // the DAX backend copies it into pmem. Measured faster than
         // USER_COPY for 4 KiB (one memcpy + flush beats an extra SQE round
@@ -239,57 +233,11 @@ pub(crate) fn open_data_path(
             name: name.clone(),
             source,
         })?;
-        Core::Dax(Handler::new(cfg.table.clone(), backend, aux))
+        let core = Core::Dax(Handler::new(cfg.table.clone(), backend, aux));
+        (core, Vec::new(), true)
     } else {
-        let mut back = Vec::new();
-        let mut mem = Vec::new();
-        let need = crate::backend::needed_bytes(&cfg.table);
-        let mut exports = Vec::new();
-        for (i, p) in cfg.table.devices().iter().enumerate() {
-            let fixed = FIRST_BACKING_SLOT + i as u32;
-            if is_nbd(p) {
-                let opts = ExportOptions {
-                    rings: cfg.rings(),
-                    writable: !cfg.read_only,
-                    block_size: cfg.block_size,
-                    timeout: cfg.nbd_timeout,
-                };
-                let e = open_export(p, opts, aux).map_err(backing_err)?;
-                discard &= e.info.has(nbd::proto::flags::SEND_TRIM);
-                exports.push(Some(e));
-                back.push(Backing {
-                    fixed,
-                    direct: false,
-                });
-                mem.push(None);
-                files.push(None);
-                continue;
-            }
-            let (f, direct) = backing::open(p, !cfg.read_only).map_err(backing_err)?;
-            discard &= backing::supports_discard(&f);
-            back.push(Backing { fixed, direct });
-            // Mapped only where the device may get USER_COPY; whether it
-            // did is known after ADD_DEV (`fit_mappings`).
-            mem.push(if mappings_usable(mode, features) {
-                MemFile::map(&f, need[i], !cfg.read_only)
-            } else {
-                None
-            });
-            files.push(Some(f));
-            exports.push(None);
-        }
-        let files_backend = UringBackend { files: back, mem };
-        if exports.iter().any(Option::is_some) {
-            let backend = NbdBackend {
-                exports,
-                files: files_backend,
-            };
-            Core::Nbd(Handler::new(cfg.table.clone(), backend, aux))
-        } else {
-            Core::Uring(Handler::new(cfg.table.clone(), files_backend, aux))
-        }
+        open_uring(cfg, mode, features, aux)?
     };
-    let mut core = core;
     core.set_geometry(cfg.block_size, &records);
     Ok(Loaded {
         core,
@@ -299,6 +247,70 @@ pub(crate) fn open_data_path(
         discard,
         records,
     })
+}
+
+/// The io_uring path: each device opened as a file (a fixed file of every
+/// queue ring, mapped where it is a memory file the device may reach by
+/// USER_COPY) or connected as an NBD export. Returns the handler, the
+/// files, and whether every device can discard.
+fn open_uring(
+    cfg: &Config,
+    mode: DataMode,
+    features: u64,
+    aux: Aux,
+) -> Result<(Core, Vec<Option<File>>, bool), ServerError> {
+    let backing_err = |source| ServerError::Backing {
+        name: cfg.name.clone(),
+        source,
+    };
+    let (mut files, mut back, mut mem, mut exports) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut discard = true;
+    let need = crate::backend::needed_bytes(&cfg.table);
+    for (i, p) in cfg.table.devices().iter().enumerate() {
+        let fixed = FIRST_BACKING_SLOT + i as u32;
+        if is_nbd(p) {
+            let opts = ExportOptions {
+                rings: cfg.rings(),
+                writable: !cfg.read_only,
+                block_size: cfg.block_size,
+                timeout: cfg.nbd_timeout,
+            };
+            let e = open_export(p, opts, aux).map_err(backing_err)?;
+            discard &= e.info.has(crate::backend::nbd::proto::flags::SEND_TRIM);
+            exports.push(Some(e));
+            back.push(Backing {
+                fixed,
+                direct: false,
+            });
+            mem.push(None);
+            files.push(None);
+            continue;
+        }
+        let (f, direct) = backing::open(p, !cfg.read_only).map_err(backing_err)?;
+        discard &= backing::supports_discard(&f);
+        back.push(Backing { fixed, direct });
+        // Mapped only where the device may get USER_COPY; whether it
+        // did is known after ADD_DEV (`fit_mappings`).
+        mem.push(if mappings_usable(mode, features) {
+            MemFile::map(&f, need[i], !cfg.read_only)
+        } else {
+            None
+        });
+        files.push(Some(f));
+        exports.push(None);
+    }
+    let files_backend = UringBackend { files: back, mem };
+    let core = if exports.iter().any(Option::is_some) {
+        let backend = NbdBackend {
+            exports,
+            files: files_backend,
+        };
+        Core::Nbd(Handler::new(cfg.table.clone(), backend, aux))
+    } else {
+        Core::Uring(Handler::new(cfg.table.clone(), files_backend, aux))
+    };
+    Ok((core, files, discard))
 }
 
 fn is_char_device(p: &std::path::Path) -> bool {

@@ -85,41 +85,7 @@ pub(crate) fn run(ring: RingId, dev: &UblkDev, gate: &Arc<Gate>, mode: DataMode)
         }));
     }
 
-    // libublk's event loop. It waits for completions only: whatever else
-    // must wake it (a stop, a failed start, a resume, a table swap) rings
-    // the doorbell.
-    // Once stopping it ticks every second, so that a stop which never
-    // delivers the abort cannot hang the thread. (A timeout on every wait
-    // arms and cancels an hrtimer per sleep: 2-2.5 % of 4 KiB QD1 IOPS.)
-    let mut stopping_since: Option<Instant> = None;
-    while exe.try_tick() {}
-    loop {
-        let stopping = STOPPING.load(Ordering::SeqCst) || FORCE_EXIT.load(Ordering::SeqCst);
-        let ts = stopping.then(|| types::Timespec::new().sec(1));
-        let (timed_out, down) = match uring_poll_io_fn::<squeue::Entry>(&q, ts, 1) {
-            Ok(t) => (t, false),
-            Err(_) => (false, true),
-        };
-        let aborted = ublk_reap_io_events_with_update_queue(&q, timed_out, None, |cqe| {
-            ublk_wake_task(cqe.user_data(), cqe)
-        })
-        .unwrap_or(true);
-        while exe.try_tick() {}
-        let done = tasks.iter().all(|t| t.is_finished());
-        if (aborted || down) && done {
-            break;
-        }
-        if down || STOPPING.load(Ordering::Relaxed) {
-            let t0 = *stopping_since.get_or_insert_with(Instant::now);
-            if t0.elapsed() > Duration::from_secs(10) {
-                tracing::warn!(qid, "giving up on stuck I/O tasks after stop");
-                break;
-            }
-        }
-        if FORCE_EXIT.load(Ordering::Relaxed) {
-            break;
-        }
-    }
+    event_loop(qid, &q, &exe, &tasks);
 }
 
 /// Which of the device's rings a queue thread runs: queue `qid`, its io
@@ -374,4 +340,49 @@ async fn reg_io_buf(q: &UblkQueue<'_>, tag: u16, register: bool) -> i32 {
     ublk_submit_sqe_async(sqe, UblkUringData::Target as u64)
         .await
         .unwrap_or(-libc::EIO)
+}
+
+/// libublk's event loop, driving a queue's tasks until the queue is down
+/// and they have finished.
+fn event_loop(
+    qid: u16,
+    q: &UblkQueue<'_>,
+    exe: &smol::LocalExecutor<'_>,
+    tasks: &[smol::Task<()>],
+) {
+    // libublk's event loop. It waits for completions only: whatever else
+    // must wake it (a stop, a failed start, a resume, a table swap) rings
+    // the doorbell.
+    // Once stopping it ticks every second, so that a stop which never
+    // delivers the abort cannot hang the thread. (A timeout on every wait
+    // arms and cancels an hrtimer per sleep: 2-2.5 % of 4 KiB QD1 IOPS.)
+    let mut stopping_since: Option<Instant> = None;
+    while exe.try_tick() {}
+    loop {
+        let stopping = STOPPING.load(Ordering::SeqCst) || FORCE_EXIT.load(Ordering::SeqCst);
+        let ts = stopping.then(|| types::Timespec::new().sec(1));
+        let (timed_out, down) = match uring_poll_io_fn::<squeue::Entry>(q, ts, 1) {
+            Ok(t) => (t, false),
+            Err(_) => (false, true),
+        };
+        let aborted = ublk_reap_io_events_with_update_queue(q, timed_out, None, |cqe| {
+            ublk_wake_task(cqe.user_data(), cqe)
+        })
+        .unwrap_or(true);
+        while exe.try_tick() {}
+        let done = tasks.iter().all(|t| t.is_finished());
+        if (aborted || down) && done {
+            break;
+        }
+        if down || STOPPING.load(Ordering::Relaxed) {
+            let t0 = *stopping_since.get_or_insert_with(Instant::now);
+            if t0.elapsed() > Duration::from_secs(10) {
+                tracing::warn!(qid, "giving up on stuck I/O tasks after stop");
+                break;
+            }
+        }
+        if FORCE_EXIT.load(Ordering::Relaxed) {
+            break;
+        }
+    }
 }

@@ -144,6 +144,23 @@ pub(crate) fn run(ring: RingId, dev: &UblkDev, gate: &Arc<Gate>) {
         })
         .collect();
 
+    event_loop(qid, q, &mut batch, &inbox, &exe, depth);
+    inbox.stop_all();
+    while exe.try_tick() {}
+    drop(tasks);
+}
+
+/// The batch queue's event loop: reap completions (the batch transport's
+/// fetched tags go to their tasks, the rest wake our operations), run the
+/// tasks, commit their results in one batch, until stopped and drained.
+fn event_loop(
+    qid: u16,
+    q: &UblkQueue<'_>,
+    batch: &mut UblkBatchQueue<'_, '_>,
+    inbox: &Inbox,
+    exe: &smol::LocalExecutor<'_>,
+    depth: usize,
+) {
     let mut pending: Vec<UblkBatchCompletion> = Vec::with_capacity(depth);
     let mut stopping_since: Option<Instant> = None;
     while exe.try_tick() {}
@@ -200,7 +217,4 @@ pub(crate) fn run(ring: RingId, dev: &UblkDev, gate: &Arc<Gate>) {
             break;
         }
     }
-    inbox.stop_all();
-    while exe.try_tick() {}
-    drop(tasks);
 }

@@ -174,10 +174,9 @@ fn refusal(ty: u32, data: &[u8]) -> String {
     }
 }
 
-/// The fixed newstyle handshake for export `name`: structured replies
-/// where offered, then `NBD_OPT_GO` (or `NBD_OPT_EXPORT_NAME` on a server
-/// that lacks it). On success the wire is in the transmission phase.
-pub async fn handshake<W: Wire>(w: &mut W, name: &str) -> io::Result<ExportInfo> {
+/// The server's greeting and our flags: fixed newstyle (the oldstyle
+/// protocol is refused). Returns whether the server omits the zeroes.
+async fn greeting<W: Wire>(w: &mut W) -> io::Result<bool> {
     let magic = recv_u64(w).await?;
     if magic != NBDMAGIC {
         return Err(proto_err("not an NBD server (no NBDMAGIC)"));
@@ -195,10 +194,48 @@ pub async fn handshake<W: Wire>(w: &mut W, name: &str) -> io::Result<ExportInfo>
     if server & FLAG_FIXED_NEWSTYLE == 0 {
         return Err(proto_err("the server does not speak fixed newstyle"));
     }
-    let no_zeroes = server & FLAG_NO_ZEROES != 0;
     let client = u32::from(FLAG_FIXED_NEWSTYLE | (server & FLAG_NO_ZEROES));
     w.send(&client.to_be_bytes()).await?;
+    Ok(server & FLAG_NO_ZEROES != 0)
+}
 
+/// One NBD_REP_INFO of NBD_OPT_GO's answer.
+enum Info {
+    /// Size and transmission flags.
+    Export(u64, u16),
+    /// Minimum and maximum block size.
+    BlockSize(u32, u32),
+    Other,
+}
+
+fn parse_info(data: &[u8]) -> io::Result<Info> {
+    let kind = u16::from_be_bytes([data[0], data[1]]);
+    Ok(match kind {
+        INFO_EXPORT if data.len() == 12 => {
+            let size = u64::from_be_bytes(data[2..10].try_into().expect("8 bytes"));
+            Info::Export(size, u16::from_be_bytes([data[10], data[11]]))
+        }
+        INFO_BLOCK_SIZE if data.len() == 14 => {
+            let word = |i: usize| u32::from_be_bytes(data[i..i + 4].try_into().expect("4 bytes"));
+            // The protocol's rules: a power-of-two minimum of at most
+            // 64 KiB, a maximum no smaller.
+            let (min, max) = (word(2), word(10));
+            if !min.is_power_of_two() || min > 64 << 10 || max < min {
+                return Err(proto_err(format!(
+                    "bad block sizes: minimum {min}, maximum {max}"
+                )));
+            }
+            Info::BlockSize(min, max)
+        }
+        _ => Info::Other,
+    })
+}
+
+/// The fixed newstyle handshake for export `name`: structured replies
+/// where offered, then `NBD_OPT_GO` (or `NBD_OPT_EXPORT_NAME` on a server
+/// that lacks it). On success the wire is in the transmission phase.
+pub async fn handshake<W: Wire>(w: &mut W, name: &str) -> io::Result<ExportInfo> {
+    let no_zeroes = greeting(w).await?;
     send_option(w, OPT_STRUCTURED_REPLY, &[]).await?;
     let (ty, _) = recv_option_reply(w, OPT_STRUCTURED_REPLY).await?;
     let structured = ty == REP_ACK;
@@ -214,32 +251,14 @@ pub async fn handshake<W: Wire>(w: &mut W, name: &str) -> io::Result<ExportInfo>
     loop {
         let (ty, data) = recv_option_reply(w, OPT_GO).await?;
         match ty {
-            REP_INFO if data.len() >= 2 => {
-                let kind = u16::from_be_bytes([data[0], data[1]]);
-                match kind {
-                    INFO_EXPORT if data.len() == 12 => {
-                        let size = u64::from_be_bytes(data[2..10].try_into().expect("8 bytes"));
-                        let fl = u16::from_be_bytes([data[10], data[11]]);
-                        info = Some((size, fl));
-                    }
-                    INFO_BLOCK_SIZE if data.len() == 14 => {
-                        let word = |i: usize| {
-                            u32::from_be_bytes(data[i..i + 4].try_into().expect("4 bytes"))
-                        };
-                        // The protocol's rules: a power-of-two minimum
-                        // of at most 64 KiB, a maximum no smaller.
-                        let (min, max) = (word(2), word(10));
-                        if !min.is_power_of_two() || min > 64 << 10 || max < min {
-                            return Err(proto_err(format!(
-                                "bad block sizes: minimum {min}, maximum {max}"
-                            )));
-                        }
-                        min_block = min;
-                        max_payload = max.min(DEFAULT_MAX_PAYLOAD).max(min);
-                    }
-                    _ => {}
+            REP_INFO if data.len() >= 2 => match parse_info(&data)? {
+                Info::Export(size, fl) => info = Some((size, fl)),
+                Info::BlockSize(min, max) => {
+                    min_block = min;
+                    max_payload = max.min(DEFAULT_MAX_PAYLOAD).max(min);
                 }
-            }
+                Info::Other => {}
+            },
             REP_INFO => return Err(proto_err("a short NBD_REP_INFO")),
             REP_ACK => break,
             REP_ERR_UNSUP => {
