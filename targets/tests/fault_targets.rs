@@ -196,47 +196,8 @@ fn flakey_down_interval_follows_dm_flakey() {
     assert_eq!(down("5 corrupt_bio_byte 1 r 0 0"), [served, ok, ok, ok]);
 }
 
-/// Serves one request through its pieces on the model: remapped pieces
-/// as the handler would, served ones through the target.
 fn serve(t: &Table, ctx: &MemCtx, op: Op, opf: u32, sector: u64, nr: u64) -> Result<(), i32> {
-    for p in map(t, op, opf, sector, nr) {
-        match p.kind {
-            PieceKind::Io { dev, dev_offset } => {
-                let d = rdm_targets::Data::Request(p.buf_offset);
-                let f = match op {
-                    Op::Read => ctx_read(ctx, dev, dev_offset, p.len, d),
-                    _ => ctx_write(ctx, dev, dev_offset, p.len, d),
-                };
-                block_on(f)?;
-            }
-            PieceKind::Serve { .. } => {
-                let (target, io) = t.served(&p, op, opf).expect("a served piece");
-                block_on(target.serve(io, ctx))?;
-            }
-            k => panic!("unexpected piece {k:?}"),
-        }
-    }
-    Ok(())
-}
-
-fn ctx_read<'a>(
-    c: &'a MemCtx,
-    dev: usize,
-    off: u64,
-    len: u64,
-    d: rdm_targets::Data<'a>,
-) -> rdm_targets::IoFuture<'a> {
-    rdm_targets::IoCtx::read(c, dev, off, len, d)
-}
-
-fn ctx_write<'a>(
-    c: &'a MemCtx,
-    dev: usize,
-    off: u64,
-    len: u64,
-    d: rdm_targets::Data<'a>,
-) -> rdm_targets::IoFuture<'a> {
-    rdm_targets::IoCtx::write(c, dev, off, len, d, false)
+    model::request(t, ctx, op, opf, sector, nr)
 }
 
 fn pattern(n: usize) -> Vec<u8> {

@@ -4,7 +4,7 @@
 mod model;
 
 use model::{block_on, MemCtx};
-use rdm_targets::{Op, PieceKind, StatusCtx, Table};
+use rdm_targets::{Op, StatusCtx, Table};
 
 const MAGIC: u64 = 0x006a_7366_7773_6872;
 
@@ -14,25 +14,7 @@ fn le(b: &[u8], at: usize) -> u64 {
 
 /// One request through the table on the model.
 fn io(t: &Table, ctx: &MemCtx, op: Op, opf: u32, sector: u64, nr: u64) {
-    let mut pieces = Vec::new();
-    if op == Op::Flush {
-        t.flush(&mut pieces);
-    } else {
-        t.map(op, opf, sector, nr, &mut pieces).unwrap();
-    }
-    for p in pieces {
-        match p.kind {
-            PieceKind::Serve { .. } => {
-                let (target, io) = t.served(&p, op, opf).unwrap();
-                block_on(target.serve(io, ctx)).unwrap();
-            }
-            PieceKind::Io { dev, dev_offset } => {
-                let d = rdm_targets::Data::Request(p.buf_offset);
-                block_on(rdm_targets::IoCtx::read(ctx, dev, dev_offset, p.len, d)).unwrap();
-            }
-            k => panic!("{k:?}"),
-        }
-    }
+    model::request(t, ctx, op, opf, sector, nr).unwrap();
 }
 
 fn message(t: &Table, ctx: &MemCtx, words: &[&str]) -> Result<String, String> {

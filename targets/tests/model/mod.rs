@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rdm_targets::serve::{ready, EIO};
-use rdm_targets::{Data, DevIdx, IoCtx, IoFuture, Job};
+use rdm_targets::{Data, DevIdx, IoCtx, IoFuture, Job, Op, PieceKind, Table};
 
 pub struct MemCtx {
     pub devs: RefCell<Vec<Vec<u8>>>,
@@ -204,4 +204,34 @@ pub fn poll_once<F: Future + ?Sized>(f: Pin<&mut F>) -> Option<F::Output> {
         Poll::Ready(v) => Some(v),
         Poll::Pending => None,
     }
+}
+
+/// Serves one request (or, for `Op::Flush`, a flush) through the table on
+/// the model: remapped pieces as the handler moves them, served ones
+/// through their target.
+pub fn request(t: &Table, ctx: &MemCtx, op: Op, opf: u32, sector: u64, nr: u64) -> Result<(), i32> {
+    let mut pieces = Vec::new();
+    if op == Op::Flush {
+        t.flush(&mut pieces);
+    } else {
+        t.map(op, opf, sector, nr, &mut pieces).unwrap();
+    }
+    for p in pieces {
+        match p.kind {
+            PieceKind::Io { dev, dev_offset } => {
+                let d = Data::Request(p.buf_offset);
+                block_on(match op {
+                    Op::Read => ctx.read(dev, dev_offset, p.len, d),
+                    Op::Flush => ctx.flush(dev),
+                    _ => ctx.write(dev, dev_offset, p.len, d, false),
+                })?;
+            }
+            PieceKind::Serve { .. } => {
+                let (target, io) = t.served(&p, op, opf).expect("a served piece");
+                block_on(target.serve(io, ctx))?;
+            }
+            k => panic!("unexpected piece {k:?}"),
+        }
+    }
+    Ok(())
 }
