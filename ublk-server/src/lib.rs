@@ -25,6 +25,7 @@ mod queue_batch;
 pub mod recovery;
 pub mod request;
 pub mod ring;
+pub mod rundir;
 pub mod server;
 pub mod stats;
 mod verbs;

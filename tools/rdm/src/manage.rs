@@ -85,7 +85,7 @@ pub fn remove(name: &str, force: bool) -> Result<(), CliError> {
             )));
         }
     }
-    let _ = std::fs::remove_file(control::log_path(name));
+    control::remove_log(name);
     Ok(())
 }
 
