@@ -11,7 +11,9 @@ use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustix::fs::OFlags;
 
@@ -560,15 +562,19 @@ pub fn request(name: &str, req: &Request) -> Result<serde_json::Value, ControlEr
 /// The longest request line the control socket reads (a reload carries
 /// a whole table).
 pub const MAX_REQUEST: usize = 1 << 20;
-/// How long a peer may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a peer may take to send its whole request, and to take the
+/// answer.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections served at once; one more is refused at once.
+const MAX_CONNECTIONS: usize = 16;
 
 /// Serves the control socket: each connection sends one line, gets one
 /// JSON line back. Runs until the process exits. Only root and the
 /// server's own user are answered (SO_PEERCRED, checked per connection);
-/// a request longer than [`MAX_REQUEST`], not UTF-8, or not sent within
+/// a request longer than [`MAX_REQUEST`], not UTF-8, or not all sent within
 /// two seconds gets an error answer and a log line, never more of the
-/// server's time.
+/// server's time. Each connection is read in a thread of its own, so a
+/// slow peer delays no other; the handler answers one request at a time.
 pub fn serve_socket(
     name: &str,
     handler: impl Fn(&str) -> serde_json::Value + Send + 'static,
@@ -584,23 +590,64 @@ pub fn serve_socket(
     let bound = std::os::unix::net::UnixListener::bind(&path);
     rustix::process::umask(old);
     let listener = bound.map_err(io_err(&path))?;
+    let handler = Arc::new(Mutex::new(handler));
+    let open = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("rdm-control".into())
         .spawn(move || {
             for conn in listener.incoming().flatten() {
-                let answer = match read_request(&conn) {
-                    Ok(line) => handler(&line),
-                    Err(why) => {
-                        tracing::warn!("control request refused: {why}");
-                        serde_json::json!({ "error": why })
-                    }
+                let Some(slot) = Slot::take(&open) else {
+                    tracing::warn!("control request refused: {MAX_CONNECTIONS} connections open");
+                    let why = format!("busy: {MAX_CONNECTIONS} control connections are open");
+                    reply(&conn, &serde_json::json!({ "error": why }));
+                    continue;
                 };
-                let _ = conn.set_write_timeout(Some(READ_TIMEOUT));
-                let _ = writeln!(&conn, "{answer}");
+                let handler = handler.clone();
+                let served = std::thread::Builder::new()
+                    .name("rdm-control-conn".into())
+                    .spawn(move || {
+                        let _slot = slot;
+                        let answer = match read_request(&conn) {
+                            Ok(line) => (handler.lock().unwrap_or_else(|p| p.into_inner()))(&line),
+                            Err(why) => {
+                                tracing::warn!("control request refused: {why}");
+                                serde_json::json!({ "error": why })
+                            }
+                        };
+                        reply(&conn, &answer);
+                    });
+                if let Err(e) = served {
+                    tracing::warn!("control request refused: cannot start a thread: {e}");
+                }
             }
         })
         .map_err(io_err(&path))?;
     Ok(())
+}
+
+fn reply(conn: &UnixStream, answer: &serde_json::Value) {
+    let _ = conn.set_write_timeout(Some(REQUEST_DEADLINE));
+    let _ = writeln!(&*conn, "{answer}");
+}
+
+/// One of the [`MAX_CONNECTIONS`] a control socket serves at once, given
+/// back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Option<Slot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_CONNECTIONS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One request line from a permitted peer, or why not.
@@ -614,9 +661,47 @@ pub fn read_request(conn: &UnixStream) -> Result<String, String> {
             cred.uid.as_raw()
         ));
     }
-    conn.set_read_timeout(Some(READ_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    read_request_from(conn)
+    read_request_from(Deadline {
+        conn,
+        until: Instant::now() + REQUEST_DEADLINE,
+    })
+}
+
+/// A connection's reads against one deadline for the whole request,
+/// however the peer spreads its bytes.
+struct Deadline<'a> {
+    conn: &'a UnixStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let late = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the request was not all sent within {} s",
+                    REQUEST_DEADLINE.as_secs()
+                ),
+            )
+        };
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(late());
+        }
+        self.conn.set_read_timeout(Some(left))?;
+        match (&*self.conn).read(buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(late())
+            }
+            r => r,
+        }
+    }
 }
 
 /// The request line in what a peer sends: up to the first newline, at most
