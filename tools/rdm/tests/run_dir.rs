@@ -1,12 +1,14 @@
 //! The run directory against other users, on a host without ublk (where
 //! `rdm create` fails in the server, after the run directory and the log
 //! are made): it is private from the first create whatever the umask, one
-//! that is someone else's or that others can write is refused, and nothing
-//! is written through a link planted in it.
+//! that is someone else's or that others can write is refused, nothing is
+//! written through a link planted in it, and `rdm remove --force` stops
+//! where its kill of the server is refused.
 
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -124,4 +126,49 @@ fn a_run_dir_of_someone_else_or_that_others_can_write_is_refused() {
     let e = stderr(&o);
     assert!(e.contains(&format!("owned by uid {STRANGER}")), "{e}");
     assert_eq!(fs::read_dir(&run).unwrap().count(), 0, "written in: {e}");
+}
+
+/// A server pid the caller may not kill: `remove --force` says so and
+/// deletes nothing (the record stays).
+#[test]
+fn remove_force_stops_when_its_kill_is_refused() {
+    if !is_root() {
+        return; // needs a process of another user, and to run as one
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The stranger reaches the run directory, and only that.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    let run = dir.path().join("run");
+    fs::create_dir(&run).unwrap();
+    std::os::unix::fs::chown(&run, Some(STRANGER), Some(STRANGER)).unwrap();
+    fs::set_permissions(&run, fs::Permissions::from_mode(0o700)).unwrap();
+    // A root process the stranger's record names as its server.
+    let mut server = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = server.id();
+    let start = rdm_ublk_server::control::process_start(pid).unwrap();
+    let record = serde_json::json!({
+        "name": "v", "pid": pid, "pid_start": start, "state": "live",
+        "dev_id": null, "bdev": null, "mode": null, "queues": 1, "depth": 1,
+        "block_size": 512, "read_only": false, "size_bytes": 8192,
+        "table": "0 16 zero\n",
+    });
+    let state = run.join("v.json");
+    fs::write(&state, record.to_string()).unwrap();
+    std::os::unix::fs::chown(&state, Some(STRANGER), Some(STRANGER)).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_rdm"))
+        .args(["remove", "--force", "v"])
+        .env("RDM_RUN_DIR", &run)
+        .uid(STRANGER)
+        .gid(STRANGER)
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(&format!("pid {pid}")) && e.contains("not permitted"),
+        "{e}"
+    );
+    assert!(state.exists(), "the record was deleted: {e}");
 }
