@@ -166,7 +166,11 @@ fn unit_serves_restarts_recovers_and_stops_under_systemd() {
 
 /// `cmd` as `user`, with that user's runtime directory.
 fn as_user(user: &str, cmd: &[&str]) -> Out {
-    let run = format!("/tmp/run-{user}");
+    as_user_in(user, &format!("/tmp/run-{user}"), cmd)
+}
+
+/// `cmd` as `user`, with `run` as their runtime directory.
+fn as_user_in(user: &str, run: &str, cmd: &[&str]) -> Out {
     output(
         Command::new("runuser")
             .args([
@@ -198,6 +202,11 @@ fn owner_of(path: &str) -> u32 {
     std::fs::metadata(path).map(|m| m.uid()).unwrap_or(u32::MAX)
 }
 
+fn mode_of(path: &str) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).map_or(u32::MAX, |m| m.mode() & 0o7777)
+}
+
 #[test]
 #[ignore = "needs systemd and udev: cargo xtask test runs it in a systemd guest"]
 fn users_create_use_and_remove_only_their_own_devices() {
@@ -226,11 +235,32 @@ fn users_create_use_and_remove_only_their_own_devices() {
     assert!(as_user("alice", &["truncate", "-s", "8M", &file]).ok());
     let table = format!("0 16384 linear {file} 0");
 
+    // Under umask 0 too, what the create makes is hers alone from the
+    // start: the run directory, and the log (before, 0666 until removed).
     let out = as_user(
         "alice",
-        &["rdm", "create", "mine", "--table", &table, "--json"],
+        &[
+            "sh",
+            "-c",
+            "umask 0; exec \"$0\" \"$@\"",
+            "rdm",
+            "create",
+            "mine",
+            "--table",
+            &table,
+            "--json",
+        ],
     );
     assert!(out.ok(), "alice's create: {out}");
+    for (f, want) in [
+        ("", 0o700),
+        ("/mine.log", 0o600),
+        ("/mine.json", 0o600),
+        ("/mine.sock", 0o600),
+    ] {
+        let p = format!("/tmp/run-alice/rdm{f}");
+        assert_eq!(mode_of(&p), want, "{p} is {:o}", mode_of(&p));
+    }
     let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     let bdev = v["bdev"].as_str().unwrap().to_string();
     assert_eq!(v["mode"], "copy", "{v}");
@@ -341,6 +371,34 @@ fn users_create_use_and_remove_only_their_own_devices() {
     );
     assert!(!peek.ok(), "bob read alice's device: {peek}");
     assert!(!as_user("bob", &["rdm", "remove", "mine"]).ok());
+    // Where the runtime directory is shared (sticky, 1777), bob makes
+    // `rdm/` first and plants her log as a link to a file of hers: her
+    // create is refused, saying whose the directory is, and writes nothing
+    // through the link.
+    let shared = "/tmp/shared-run";
+    std::fs::create_dir_all(shared).unwrap();
+    sh("chmod", &["1777", shared]);
+    let notes = format!("{home}/notes");
+    assert!(as_user("alice", &["sh", "-c", &format!("echo mine > {notes}")]).ok());
+    let planted = format!("{shared}/rdm");
+    assert!(as_user("bob", &["mkdir", "-m", "0777", &planted]).ok());
+    assert!(as_user("bob", &["ln", "-s", &notes, &format!("{planted}/trap.log")]).ok());
+    let out = as_user_in(
+        "alice",
+        shared,
+        &["rdm", "create", "trap", "--table", &table],
+    );
+    assert!(!out.ok(), "alice's create in bob's directory: {out}");
+    let bob = sh("id", &["-u", "bob"]).trim().to_string();
+    assert!(
+        out.stderr.contains(&planted) && out.stderr.contains(&format!("owned by uid {bob}")),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&notes).unwrap(),
+        "mine\n",
+        "written through the link"
+    );
     // She removes hers: nothing left.
     let out = as_user("alice", &["rdm", "remove", "mine"]);
     assert!(out.ok(), "alice's remove: {out}");

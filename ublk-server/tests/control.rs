@@ -22,7 +22,7 @@ fn ask(name: &str, bytes: &[u8]) -> serde_json::Value {
 
 #[test]
 fn hostile_requests_get_an_error_and_the_server_goes_on() {
-    let _env = ENV.lock().unwrap();
+    let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     // SAFETY: the tests that touch the environment hold ENV.
     unsafe { std::env::set_var("RDM_RUN_DIR", dir.path()) };
@@ -44,9 +44,54 @@ fn hostile_requests_get_an_error_and_the_server_goes_on() {
     drop(idle);
 }
 
+/// A peer that trickles its request (a byte every 0.5 s) gets one deadline
+/// for the whole of it, and a request on another connection meanwhile is
+/// answered at once.
+#[test]
+fn a_slow_peer_has_one_deadline_and_delays_no_other() {
+    let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: the tests that touch the environment hold ENV.
+    unsafe { std::env::set_var("RDM_RUN_DIR", dir.path()) };
+    control::serve_socket("slow", |req| serde_json::json!({ "echo": req })).unwrap();
+    let slow = UnixStream::connect(control::socket_path("slow")).unwrap();
+    let mut trickle = slow.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for _ in 0..12 {
+            if trickle.write_all(b"x").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let t = Instant::now();
+    let answer = std::thread::spawn(move || {
+        slow.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut line = String::new();
+        let _ = BufReader::new(&slow).read_line(&mut line);
+        (t.elapsed(), line)
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let other = Instant::now();
+    assert_eq!(ask("slow", b"status\n")["echo"], "status");
+    let waited = other.elapsed();
+    let (took, line) = answer.join().unwrap();
+    writer.join().unwrap();
+    assert!(
+        waited < Duration::from_millis(1500),
+        "another peer waited {waited:?}"
+    );
+    assert!(line.contains("within 2 s"), "{line:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "the slow peer held on for {took:?}"
+    );
+}
+
 #[test]
 fn untrusted_state_files_are_refused() {
-    let _env = ENV.lock().unwrap();
+    let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     std::fs::create_dir_all(&run).unwrap();

@@ -56,7 +56,17 @@ pub fn remove(name: &str, force: bool) -> Result<(), CliError> {
                 }));
             }
             // SAFETY: plain kill(2) of the recorded server pid.
-            unsafe { libc::kill(st.pid as libc::pid_t, libc::SIGKILL) };
+            if unsafe { libc::kill(st.pid as libc::pid_t, libc::SIGKILL) } != 0 {
+                let e = std::io::Error::last_os_error();
+                // Gone meanwhile is what the kill was for; any other
+                // refusal leaves the server, and so its device, alone.
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(CliError::failed(format!(
+                        "{name}: cannot kill its server (pid {}): {e}; the device is left as it is",
+                        st.pid
+                    )));
+                }
+            }
             wait_until(Duration::from_secs(5), || {
                 !control::pid_alive(st.pid, st.pid_start)
             });
@@ -85,7 +95,7 @@ pub fn remove(name: &str, force: bool) -> Result<(), CliError> {
             )));
         }
     }
-    let _ = std::fs::remove_file(control::log_path(name));
+    control::remove_log(name);
     Ok(())
 }
 

@@ -1,12 +1,12 @@
 //! Running the server: in the foreground, or detached with a readiness pipe.
 //!
 //! `rdm create` without `--foreground` starts `rdm create --foreground` as a
-//! new session with its output in `/run/rdm/NAME.log`, and waits for one
+//! new session with its output in `/run/rdm/NAME.log` (0600), and waits for one
 //! line on a pipe (fd 3 in the child): `ok <json>` once the device is live,
 //! or `err <exit code> <message>`. So the user sees the server's own error,
 //! and the parent returns only when the device exists or nothing does.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::process::CommandExt;
@@ -127,27 +127,9 @@ fn init_logging() {
 
 /// Starts the server detached and waits until it reports.
 pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
-    control::check_name(&args.name).map_err(|e| CliError::failed(e.to_string()))?;
-    let dir = control::run_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        CliError::failed(format!(
-            "{}: cannot create {}: {e}",
-            args.name,
-            dir.display()
-        ))
-    })?;
-    let log_path = control::log_path(&args.name);
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| {
-            CliError::failed(format!(
-                "{}: cannot open {}: {e}",
-                args.name,
-                log_path.display()
-            ))
-        })?;
+    // The run directory checked and the log made 0600, not through a link.
+    let log = control::open_log(&args.name)
+        .map_err(|e| CliError::failed(format!("{}: {e}", args.name)))?;
     let (read_end, write_end) =
         std::io::pipe().map_err(|e| CliError::failed(format!("{}: pipe: {e}", args.name)))?;
 
@@ -234,9 +216,9 @@ pub fn detached(args: &CreateArgs, table: &Table) -> Result<(), CliError> {
     // The server failed and is exiting: wait so that its cleanup is done
     // before we return.
     let status = child.wait().ok();
-    let log_tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let log_tail = control::read_log(&args.name).unwrap_or_default();
     // The message below says what the log would; leave no stray state.
-    let _ = std::fs::remove_file(&log_path);
+    control::remove_log(&args.name);
     if let Some(rest) = line.strip_prefix("err ") {
         let (code, msg) = rest.split_once(' ').unwrap_or(("1", rest));
         return Err(CliError {

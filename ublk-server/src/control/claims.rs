@@ -8,32 +8,24 @@
 //! run directory itself: no file to leave behind), held until the new
 //! claim is in the state file, so that two at once cannot both pass.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use rdm_targets::Table;
 
 use crate::backend::backing::{identity_of, BackingInfo};
-use crate::control::state::{self as control, io_err, ControlError, DeviceState, Liveness};
+use crate::control::state::{self as control, io_err, ControlError, DeviceState, Liveness, RunDir};
 
 /// The claims lock, held while alive.
 #[derive(Debug)]
-pub(crate) struct Lock(#[allow(dead_code)] File);
+pub(crate) struct Lock(#[allow(dead_code)] RunDir);
 
 /// Takes the claims lock (waits for another create or reload to record
 /// its claim).
 pub(crate) fn lock() -> Result<Lock, ControlError> {
-    let dir = control::run_dir();
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY)
-        .open(&dir)
-        .map_err(io_err(&dir))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| io_err(&dir)(e.into()))?;
-    Ok(Lock(f))
+    let dir = RunDir::create()?;
+    rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err(dir.path())(e.into()))?;
+    Ok(Lock(dir))
 }
 
 /// A writable range of `table` that another device also writes.

@@ -11,6 +11,7 @@ pub(crate) mod kernel;
 pub mod lifecycle;
 pub(crate) mod open;
 pub mod recovery;
+pub mod rundir;
 pub mod state;
 pub(crate) mod verbs;
 

@@ -1,22 +1,27 @@
 //! Per-device state under the run directory (`/run/rdm`): a JSON state file
-//! and a Unix socket the CLI talks to. Both are root-only (0600).
+//! and a Unix socket the CLI talks to. The directory is 0700 and every file
+//! in it 0600 from the moment it is made ([`RunDir`]).
 //!
 //! The state file is claimed with `O_EXCL` before anything is created, so
 //! names are unique; it is removed by [`StateGuard`]'s `Drop` when the
 //! server exits cleanly, and stays behind when it crashes so that `rdm ls`
 //! can show the device as dead and `rdm remove --force` can clean it up.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::fs::OFlags;
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::dax_path::DaxPolicy;
 use crate::control::recovery::{self, Recovery};
+pub use crate::control::rundir::RunDir;
 use crate::io::features::{DataMode, ZeroCopy};
 
 /// The run directory: `$RDM_RUN_DIR` if set; for root `/run/rdm`; for
@@ -48,6 +53,29 @@ pub fn log_path(name: &str) -> PathBuf {
     run_dir().join(format!("{name}.log"))
 }
 
+/// Opens (makes, 0600) the log of `name` for the server's output.
+pub fn open_log(name: &str) -> Result<fs::File, ControlError> {
+    check_name(name)?;
+    RunDir::create()?.open_file(
+        &format!("{name}.log"),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::APPEND,
+    )
+}
+
+/// The log of `name`, if there is one.
+pub fn read_log(name: &str) -> Option<String> {
+    let dir = RunDir::existing().ok()??;
+    let f = dir.open_file(&format!("{name}.log"), OFlags::RDONLY).ok()?;
+    io::read_to_string(f).ok()
+}
+
+/// Removes the log of `name` (missing is fine).
+pub fn remove_log(name: &str) {
+    if let Ok(Some(dir)) = RunDir::existing() {
+        dir.remove(&format!("{name}.log"));
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("invalid device name {0:?}: use 1-127 letters, digits, '.', '_' or '-', not starting with '.'")]
@@ -70,6 +98,8 @@ pub enum ControlError {
     Io { path: PathBuf, cause: io::Error },
     #[error("{path}: refused: {why}")]
     Untrusted { path: PathBuf, why: &'static str },
+    #[error("{path}: refused as the run directory: {why}")]
+    UnsafeRunDir { path: PathBuf, why: String },
     #[error("device {name}: its server does not answer on {path}: {cause}")]
     NoAnswer {
         name: String,
@@ -236,6 +266,8 @@ impl DeviceState {
 pub struct StateGuard {
     name: String,
     pid: u32,
+    /// The directory checked when claiming; all later changes go there.
+    dir: RunDir,
     restore: std::sync::Mutex<Option<DeviceState>>,
     /// The recovery lock (`NAME.lock`, flock'ed), held while adopted.
     _lock: Option<fs::File>,
@@ -245,29 +277,24 @@ impl StateGuard {
     /// Claims `name`: fails if a device of that name exists, live or dead.
     pub fn claim(state: &DeviceState) -> Result<StateGuard, ControlError> {
         check_name(&state.name)?;
-        let dir = run_dir();
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
-        let path = state_path(&state.name);
-        let created = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path);
+        let dir = RunDir::create()?;
+        let file = format!("{}.json", state.name);
+        let created = dir.open_file(&file, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL);
         match created {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(ControlError::Io { cause, .. }) if cause.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(match read_state(&state.name).map(|s| s.liveness()) {
                     Ok(Liveness::Dead) => ControlError::ExistsDead(state.name.clone()),
                     Ok(Liveness::Recovering) => ControlError::Waiting(state.name.clone()),
                     _ => ControlError::Exists(state.name.clone()),
                 });
             }
-            Err(e) => return Err(io_err(&path)(e)),
+            Err(e) => return Err(e),
         }
         let guard = StateGuard {
             name: state.name.clone(),
             pid: std::process::id(),
+            dir,
             restore: std::sync::Mutex::new(None),
             _lock: None,
         };
@@ -281,14 +308,8 @@ impl StateGuard {
     /// was.
     pub fn adopt(name: &str) -> Result<(StateGuard, DeviceState), ControlError> {
         check_name(name)?;
-        let path = run_dir().join(format!("{name}.lock"));
-        let lock = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let dir = RunDir::create()?;
+        let lock = dir.open_file(&format!("{name}.lock"), OFlags::WRONLY | OFlags::CREATE)?;
         if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             return Err(ControlError::RecoveryBusy(name.to_string()));
         }
@@ -314,6 +335,7 @@ impl StateGuard {
         let guard = StateGuard {
             name: name.to_string(),
             pid: std::process::id(),
+            dir,
             restore: std::sync::Mutex::new(Some(old.clone())),
             _lock: Some(lock),
         };
@@ -328,27 +350,21 @@ impl StateGuard {
 
     /// Rewrites the state file atomically.
     pub fn update(&self, state: &DeviceState) -> Result<(), ControlError> {
-        let path = state_path(&self.name);
-        let tmp = path.with_extension("json.tmp");
-        let _ = fs::remove_file(&tmp);
-        // O_EXCL | O_NOFOLLOW: never through a link someone planted.
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
+        let file = format!("{}.json", self.name);
+        let tmp = format!("{file}.tmp");
+        self.dir.remove(&tmp);
+        // O_EXCL: a fresh file, never one someone planted.
+        let mut f = self
+            .dir
+            .open_file(&tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
         let text = serde_json::to_string_pretty(state).expect("plain data serializes");
-        f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
+        let tmp_path = self.dir.join(&tmp);
+        f.write_all(text.as_bytes()).map_err(io_err(&tmp_path))?;
         // Write, sync, rename, sync the directory: after a crash the record
         // is the old one or the new one, whole.
-        f.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        let dir = run_dir();
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&dir))
+        f.sync_all().map_err(io_err(&tmp_path))?;
+        self.dir.rename(&tmp, &file)?;
+        self.dir.sync()
     }
 }
 
@@ -359,47 +375,65 @@ impl Drop for StateGuard {
         }
         match self.restore.lock().map(|mut r| r.take()) {
             Ok(Some(old)) => {
-                let _ = fs::remove_file(socket_path(&self.name));
+                self.dir.remove(&format!("{}.sock", self.name));
                 if let Err(e) = self.update(&old) {
                     tracing::error!("cannot restore the record of {}: {e}", self.name);
                 }
             }
-            _ => remove_state(&self.name),
+            _ => remove_in(&self.dir, &self.name),
         }
     }
 }
 
 /// Removes a device's state file and socket (missing ones are fine).
 pub fn remove_state(name: &str) {
-    let _ = fs::remove_file(socket_path(name));
-    let _ = fs::remove_file(state_path(name));
-    let _ = fs::remove_file(run_dir().join(format!("{name}.lock")));
+    if let Ok(Some(dir)) = RunDir::existing() {
+        remove_in(&dir, name);
+    }
+}
+
+fn remove_in(dir: &RunDir, name: &str) {
+    for ext in ["sock", "json", "lock"] {
+        dir.remove(&format!("{name}.{ext}"));
+    }
 }
 
 pub fn read_state(name: &str) -> Result<DeviceState, ControlError> {
     check_name(name)?;
     let path = state_path(name);
-    let meta = match fs::symlink_metadata(&path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(ControlError::NotFound(name.to_string()))
-        }
-        r => r.map_err(io_err(&path))?,
+    let Some(dir) = RunDir::existing()? else {
+        return Err(ControlError::NotFound(name.to_string()));
     };
     let untrusted = |why| ControlError::Untrusted {
         path: path.clone(),
         why,
     };
-    if !meta.file_type().is_file() {
-        return Err(untrusted("not a regular file (a symlink?)"));
-    }
+    // O_NONBLOCK: a FIFO planted as the record cannot hang us.
+    let f = match dir.open_file(&format!("{name}.json"), OFlags::RDONLY | OFlags::NONBLOCK) {
+        Err(ControlError::Io { cause, .. }) if cause.kind() == io::ErrorKind::NotFound => {
+            return Err(ControlError::NotFound(name.to_string()))
+        }
+        Err(ControlError::Untrusted { .. }) => {
+            return Err(untrusted("not a regular file (a symlink?)"))
+        }
+        r => r?,
+    };
+    // Checked on the open file: what is checked is what is read.
     use std::os::unix::fs::MetadataExt;
+    let meta = f.metadata().map_err(io_err(&path))?;
+    if !meta.file_type().is_file() {
+        return Err(untrusted("not a regular file"));
+    }
     if meta.uid() != rustix::process::geteuid().as_raw() {
         return Err(untrusted("owned by another user"));
     }
     if meta.len() > 1 << 20 {
         return Err(untrusted("larger than any record"));
     }
-    let bytes = fs::read(&path).map_err(io_err(&path))?;
+    let mut bytes = Vec::new();
+    f.take(1 << 20)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(&path))?;
     parse_state(&bytes).map_err(io_err(&path))
 }
 
@@ -412,11 +446,10 @@ pub fn parse_state(bytes: &[u8]) -> io::Result<DeviceState> {
 
 /// Every recorded device, sorted by name.
 pub fn list() -> Result<Vec<DeviceState>, ControlError> {
-    let dir = run_dir();
-    let entries = match fs::read_dir(&dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        r => r.map_err(io_err(&dir))?,
+    let Some(dir) = RunDir::existing()? else {
+        return Ok(Vec::new());
     };
+    let entries = fs::read_dir(dir.path()).map_err(io_err(dir.path()))?;
     let mut out = Vec::new();
     for e in entries.flatten() {
         let p = e.path();
@@ -517,40 +550,92 @@ pub fn request(name: &str, req: &Request) -> Result<serde_json::Value, ControlEr
 /// The longest request line the control socket reads (a reload carries
 /// a whole table).
 pub const MAX_REQUEST: usize = 1 << 20;
-/// How long a peer may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a peer may take to send its whole request, and to take the
+/// answer.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections served at once; one more is refused at once.
+const MAX_CONNECTIONS: usize = 16;
 
 /// Serves the control socket: each connection sends one line, gets one
 /// JSON line back. Runs until the process exits. Only root and the
 /// server's own user are answered (SO_PEERCRED, checked per connection);
-/// a request longer than [`MAX_REQUEST`], not UTF-8, or not sent within
+/// a request longer than [`MAX_REQUEST`], not UTF-8, or not all sent within
 /// two seconds gets an error answer and a log line, never more of the
-/// server's time.
+/// server's time. Each connection is read in a thread of its own, so a
+/// slow peer delays no other; the handler answers one request at a time.
 pub fn serve_socket(
     name: &str,
     handler: impl Fn(&str) -> serde_json::Value + Send + 'static,
 ) -> Result<(), ControlError> {
-    let path = socket_path(name);
-    let _ = fs::remove_file(&path);
-    let listener = std::os::unix::net::UnixListener::bind(&path).map_err(io_err(&path))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io_err(&path))?;
+    check_name(name)?;
+    let dir = RunDir::create()?;
+    let file = format!("{name}.sock");
+    let path = dir.join(&file);
+    dir.remove(&file);
+    // bind takes its mode from the umask only: 0600 from the first
+    // syscall. (For an instant other threads' new files are private too.)
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(&path);
+    rustix::process::umask(old);
+    let listener = bound.map_err(io_err(&path))?;
+    let handler = Arc::new(Mutex::new(handler));
+    let open = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("rdm-control".into())
         .spawn(move || {
             for conn in listener.incoming().flatten() {
-                let answer = match read_request(&conn) {
-                    Ok(line) => handler(&line),
-                    Err(why) => {
-                        tracing::warn!("control request refused: {why}");
-                        serde_json::json!({ "error": why })
-                    }
+                let Some(slot) = Slot::take(&open) else {
+                    tracing::warn!("control request refused: {MAX_CONNECTIONS} connections open");
+                    let why = format!("busy: {MAX_CONNECTIONS} control connections are open");
+                    reply(&conn, &serde_json::json!({ "error": why }));
+                    continue;
                 };
-                let _ = conn.set_write_timeout(Some(READ_TIMEOUT));
-                let _ = writeln!(&conn, "{answer}");
+                let handler = handler.clone();
+                let served = std::thread::Builder::new()
+                    .name("rdm-control-conn".into())
+                    .spawn(move || {
+                        let _slot = slot;
+                        let answer = match read_request(&conn) {
+                            Ok(line) => (handler.lock().unwrap_or_else(|p| p.into_inner()))(&line),
+                            Err(why) => {
+                                tracing::warn!("control request refused: {why}");
+                                serde_json::json!({ "error": why })
+                            }
+                        };
+                        reply(&conn, &answer);
+                    });
+                if let Err(e) = served {
+                    tracing::warn!("control request refused: cannot start a thread: {e}");
+                }
             }
         })
         .map_err(io_err(&path))?;
     Ok(())
+}
+
+fn reply(conn: &UnixStream, answer: &serde_json::Value) {
+    let _ = conn.set_write_timeout(Some(REQUEST_DEADLINE));
+    let _ = writeln!(&*conn, "{answer}");
+}
+
+/// One of the [`MAX_CONNECTIONS`] a control socket serves at once, given
+/// back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Option<Slot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_CONNECTIONS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One request line from a permitted peer, or why not.
@@ -564,9 +649,47 @@ pub fn read_request(conn: &UnixStream) -> Result<String, String> {
             cred.uid.as_raw()
         ));
     }
-    conn.set_read_timeout(Some(READ_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    read_request_from(conn)
+    read_request_from(Deadline {
+        conn,
+        until: Instant::now() + REQUEST_DEADLINE,
+    })
+}
+
+/// A connection's reads against one deadline for the whole request,
+/// however the peer spreads its bytes.
+struct Deadline<'a> {
+    conn: &'a UnixStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let late = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the request was not all sent within {} s",
+                    REQUEST_DEADLINE.as_secs()
+                ),
+            )
+        };
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(late());
+        }
+        self.conn.set_read_timeout(Some(left))?;
+        match (&*self.conn).read(buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(late())
+            }
+            r => r,
+        }
+    }
 }
 
 /// The request line in what a peer sends: up to the first newline, at most
