@@ -29,7 +29,6 @@ use libublk::{sys, UblkError};
 
 use crate::control::claims;
 use crate::control::ctrl_cmd;
-use crate::control::state::{self as control};
 use crate::control::verbs::Device;
 use crate::io::features::DataMode;
 use crate::io::gate::{Gate, BYTES_SLOT, FIRST_BACKING_SLOT, FIXED_SLOTS, ZERO_SLOT};
@@ -257,7 +256,7 @@ fn go_live(device: &Arc<Device>, live: &Live) -> Result<(), ServerError> {
     // Weak: the socket thread outlives the device, whose drop (with the
     // state guard's) is the end of a stop.
     let d = Arc::downgrade(device);
-    control::serve_socket(name, move |req| match d.upgrade() {
+    crate::control::socket::serve_socket(name, move |req| match d.upgrade() {
         Some(d) => d.answer(req),
         None => serde_json::json!({ "error": "the device is being removed" }),
     })

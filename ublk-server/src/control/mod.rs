@@ -12,7 +12,9 @@ pub mod lifecycle;
 pub(crate) mod open;
 pub mod recovery;
 pub mod rundir;
+pub mod socket;
 pub mod state;
 pub(crate) mod verbs;
 
+pub use socket::*;
 pub use state::*;
