@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use rdm_targets::{Op, Piece, PieceKind, Table};
+use rdm_targets::{IoCtx, Op, Piece, PieceKind, Table};
 
 use crate::backend::buffer::{Aux, Buffer};
 use crate::backend::ring::{first_error, join_all, Ring};
@@ -196,19 +196,9 @@ impl<B: Backend> Handler<B> {
         let served = pieces
             .iter()
             .filter(|p| matches!(p.kind, PieceKind::Serve { .. }));
-        let flushes = devs
-            .iter()
-            .map(|&dev| -> Pin<Box<dyn Future<Output = _> + '_>> {
-                Box::pin(async move {
-                    let d = &self.stats.devices[dev];
-                    Counters::add(&d.flushes, 1);
-                    let r = self.backend.flush(ring, dev).await;
-                    if r.is_err() {
-                        Counters::add(&d.errors, 1);
-                    }
-                    r
-                })
-            });
+        // The targets' own flush, counted as theirs is.
+        let ctx = self.target_io(ring, None, None);
+        let flushes = devs.iter().map(|&dev| ctx.flush(dev));
         let results = join_all(
             flushes
                 .chain(served.map(|p| -> Pin<Box<dyn Future<Output = _> + '_>> {
