@@ -51,7 +51,8 @@ fn the_copier_copies_to_every_destination_with_progress() {
         e,
         Err(CopyError::Io {
             errno: -5,
-            at: 15 * (64 << 10)
+            at: 15 * (64 << 10),
+            dest: Some(0)
         })
     );
 }

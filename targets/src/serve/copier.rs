@@ -37,8 +37,13 @@ impl Progress {
 /// Why a copy ended early.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CopyError {
-    /// A read or write failed (the -errno), at this byte of the copy.
-    Io { errno: i32, at: u64 },
+    /// A read or write failed (the -errno), at this byte of the copy;
+    /// `dest`: which of [`Copy::to`] failed (`None`: the read).
+    Io {
+        errno: i32,
+        at: u64,
+        dest: Option<usize>,
+    },
     /// Its job was stopped.
     Stopped,
 }
@@ -86,14 +91,14 @@ impl Copier {
                 bg.checkpoint(ctx).await?;
             }
             let n = chunk.min(c.len - at);
-            let io = |errno| CopyError::Io { errno, at };
+            let io = |dest| move |errno| CopyError::Io { errno, at, dest };
             ctx.read(c.from, c.from_offset + at, n, Data::Into(&mut mem))
                 .await
-                .map_err(io)?;
-            for &(dev, off) in &c.to {
+                .map_err(io(None))?;
+            for (i, &(dev, off)) in c.to.iter().enumerate() {
                 ctx.write(dev, off + at, n, Data::From(&mem), false)
                     .await
-                    .map_err(io)?;
+                    .map_err(io(Some(i)))?;
             }
             at += n;
             progress.done.fetch_add(n, Relaxed);

@@ -16,6 +16,7 @@
 
 pub mod background;
 pub mod copier;
+pub mod dirty_log;
 pub mod metadata;
 
 use std::alloc::Layout;
@@ -117,6 +118,11 @@ pub trait IoCtx {
     /// the requests until it returns. See [`background::Background`] for
     /// pausing and stopping it.
     fn spawn(&self, job: Job);
+
+    /// Reports something an operator must hear of (dm's `dm_table_event`
+    /// with its `DMWARN`: a leg failed, a log device died): the daemon
+    /// logs it with the device's name and keeps it for `rdm ls`/`status`.
+    fn event(&self, _what: &str) {}
 }
 
 /// A background job: given its I/O context, the work it does.
@@ -195,4 +201,34 @@ impl std::fmt::Debug for IoMem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "IoMem({} bytes)", self.len)
     }
+}
+
+/// Runs `futs` at once (dm-io's parallel regions: a write to every leg)
+/// and gives each one's result, in order.
+pub async fn join_all<'a, T>(futs: Vec<IoFuture<'a, T>>) -> Vec<Result<T, i32>> {
+    use std::task::Poll;
+    let mut futs: Vec<Option<IoFuture<'a, T>>> = futs.into_iter().map(Some).collect();
+    let mut out: Vec<Option<Result<T, i32>>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if let Some(fut) = f {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(r) => {
+                        *o = Some(r);
+                        *f = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        match pending {
+            true => Poll::Pending,
+            false => Poll::Ready(()),
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }

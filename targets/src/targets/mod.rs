@@ -6,6 +6,7 @@ mod error;
 mod flakey;
 mod linear;
 mod log_writes;
+mod mirror;
 mod striped;
 mod zero;
 
@@ -19,6 +20,7 @@ pub static REGISTRY: &[TargetType] = &[
     flakey::TYPE,
     delay::TYPE,
     log_writes::TYPE,
+    mirror::TYPE,
 ];
 
 /// The type registered under `name`.

@@ -26,6 +26,10 @@ pub struct MemCtx {
     pub copyable: bool,
     /// Background jobs spawned, for the test to run.
     pub spawned: RefCell<Vec<Job>>,
+    /// Devices whose every I/O fails with EIO.
+    pub failing: RefCell<Vec<DevIdx>>,
+    /// What targets reported through `event`.
+    pub events: RefCell<Vec<String>>,
 }
 
 impl MemCtx {
@@ -39,11 +43,17 @@ impl MemCtx {
             block_size: 512,
             copyable: true,
             spawned: RefCell::new(Vec::new()),
+            failing: RefCell::new(Vec::new()),
+            events: RefCell::new(Vec::new()),
         }
     }
 
     pub fn dev(&self, i: DevIdx) -> Vec<u8> {
         self.devs.borrow()[i].clone()
+    }
+
+    fn fails(&self, dev: DevIdx) -> bool {
+        self.failing.borrow().contains(&dev)
     }
 }
 
@@ -65,6 +75,9 @@ impl IoCtx for MemCtx {
     }
 
     fn read<'a>(&'a self, dev: DevIdx, offset: u64, len: u64, data: Data<'a>) -> IoFuture<'a> {
+        if self.fails(dev) {
+            return ready(Err(EIO));
+        }
         let r = (|| {
             let devs = self.devs.borrow();
             let src = &devs[dev][range(offset, len, devs[dev].len())?];
@@ -90,6 +103,9 @@ impl IoCtx for MemCtx {
         data: Data<'a>,
         fua: bool,
     ) -> IoFuture<'a> {
+        if self.fails(dev) {
+            return ready(Err(EIO));
+        }
         let r = (|| {
             let mut devs = self.devs.borrow_mut();
             let n = devs[dev].len();
@@ -109,6 +125,9 @@ impl IoCtx for MemCtx {
     }
 
     fn flush(&self, dev: DevIdx) -> IoFuture<'_> {
+        if self.fails(dev) {
+            return ready(Err(EIO));
+        }
         self.flushes.borrow_mut().push(dev);
         ready(Ok(()))
     }
@@ -161,6 +180,10 @@ impl IoCtx for MemCtx {
 
     fn spawn(&self, job: Job) {
         self.spawned.borrow_mut().push(job);
+    }
+
+    fn event(&self, what: &str) {
+        self.events.borrow_mut().push(what.to_string());
     }
 }
 
