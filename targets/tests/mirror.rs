@@ -276,7 +276,7 @@ fn the_disk_log_is_dm_logs_format_and_after_a_crash_only_dirty_regions_resync() 
     let _job = ctx.take_spawned();
     fill(&ctx, 0x77);
     io(&t, &ctx, Op::Write, 5 * REGION + 8, 16).unwrap();
-    assert_eq!(ctx.dev(0)[1024], 0xff & !(1 << 5));
+    assert_eq!(ctx.dev(0)[1024], !(1u8 << 5));
     let w = ctx.writes.borrow();
     let log_write = w.iter().rposition(|&(d, ..)| d == 0).unwrap();
     let first_leg = w

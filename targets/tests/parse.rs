@@ -70,8 +70,8 @@ fn syntax_and_numbers() {
         err("0 99999999999999999999 zero").1,
         K::BadNumber { .. }
     ));
-    assert!(matches!(err("0 8 mirror a b").1, K::UnknownTarget { name, .. } if name == "mirror"));
-    assert!(msg("0 8 mirror a b").contains("known: linear, striped, zero, error, flakey, delay"));
+    assert!(matches!(err("0 8 raid1 a b").1, K::UnknownTarget { name, .. } if name == "raid1"));
+    assert!(msg("0 8 raid1 a b").contains("known: linear, striped, zero, error, flakey, delay"));
 }
 
 #[test]

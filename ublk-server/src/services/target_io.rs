@@ -246,4 +246,9 @@ impl<B: Backend, R: Ring> IoCtx for TargetIo<'_, B, R> {
     fn spawn(&self, job: rdm_targets::Job) {
         crate::services::jobs::spawn(job);
     }
+
+    /// The daemon's log carries the device's name in its span.
+    fn event(&self, what: &str) {
+        tracing::warn!(event = what, "target event");
+    }
 }
