@@ -5,7 +5,7 @@
 mod model;
 
 use model::{block_on, poll_once, MemCtx};
-use rdm_targets::{IoCtx, Op, StatusCtx, Table, Target};
+use rdm_targets::{Op, StatusCtx, Table, Target};
 
 const REGION: u64 = 1024; // sectors
 const REGIONS: u64 = 8;
@@ -22,14 +22,13 @@ fn target(t: &Table) -> &dyn Target {
     &*t.segments()[0].target
 }
 
-fn status(t: &Table, ctx: &MemCtx) -> String {
+fn status(t: &Table) -> String {
     let names: Vec<String> = t
         .devices()
         .iter()
         .map(|p| p.display().to_string())
         .collect();
     let errors = vec![0; names.len()];
-    let _ = ctx;
     target(t).status(&StatusCtx {
         names: &names,
         dev_errors: &errors,
@@ -163,7 +162,7 @@ fn writes_reach_every_leg_and_reads_are_spread_and_retried() {
         io(&t, &ctx, Op::Read, 0, 1).unwrap();
         assert_eq!(ctx.req.borrow()[0], 0);
     }
-    assert!(status(&t, &ctx).starts_with("2 /a /b 8/8 1 AR 1 core"));
+    assert!(status(&t).starts_with("2 /a /b 8/8 1 AR 1 core"));
     // Both gone: EIO.
     ctx.failing.borrow_mut().push(0);
     assert!(io(&t, &ctx, Op::Read, 0, 1).is_err());
@@ -177,11 +176,11 @@ fn a_new_mirror_resyncs_the_first_leg_to_the_others() {
         *b = (i / 4096) as u8;
     }
     block_on(target(&t).resume(&ctx)).unwrap();
-    assert_eq!(status(&t, &ctx), "3 /a /b /c 0/8 1 AAA 1 core");
+    assert_eq!(status(&t), "3 /a /b /c 0/8 1 AAA 1 core");
     // An out-of-sync region is read from the default leg only.
     io(&t, &ctx, Op::Read, 8, 8).unwrap();
     assert!(ctx.req.borrow().iter().all(|&b| b == 1));
-    run_job_until(&ctx, || status(&t, &ctx).contains(" 8/8 "));
+    run_job_until(&ctx, || status(&t).contains(" 8/8 "));
     assert_eq!(ctx.dev(0), ctx.dev(1));
     assert_eq!(ctx.dev(0), ctx.dev(2));
 }
@@ -193,7 +192,7 @@ fn handle_errors_takes_a_failed_leg_out_and_io_goes_on() {
     block_on(target(&t).resume(&ctx)).unwrap();
     ctx.failing.borrow_mut().push(1);
     io(&t, &ctx, Op::Write, 0, 8).unwrap();
-    assert_eq!(status(&t, &ctx), "2 /a /b 8/8 1 AD 1 core");
+    assert_eq!(status(&t), "2 /a /b 8/8 1 AD 1 core");
     assert!(ctx.events.borrow().iter().any(|e| e.contains("dead")));
     // The dead leg gets no more I/O, even once it answers again.
     ctx.failing.borrow_mut().clear();
@@ -219,12 +218,12 @@ fn without_handle_errors_a_failed_write_degrades_the_region_as_the_kernel_does()
     // The write succeeds (one leg has it); the region is out of sync and
     // the leg marked D, but it still gets writes.
     io(&t, &ctx, Op::Write, 3 * REGION, 8).unwrap();
-    assert_eq!(status(&t, &ctx), "2 /a /b 7/8 1 AD 1 core");
+    assert_eq!(status(&t), "2 /a /b 7/8 1 AD 1 core");
     ctx.failing.borrow_mut().clear();
     io(&t, &ctx, Op::Write, 0, 8).unwrap();
     assert!(ctx.dev(1)[..4096].iter().all(|&b| b == 0x22));
     // The resync copies the region again.
-    run_job_until(&ctx, || status(&t, &ctx).contains(" 8/8 "));
+    run_job_until(&ctx, || status(&t).contains(" 8/8 "));
     assert_eq!(ctx.dev(0), ctx.dev(1));
 }
 
@@ -256,7 +255,7 @@ fn the_disk_log_is_dm_logs_format_and_after_a_crash_only_dirty_regions_resync() 
         "bytes between kept"
     );
     assert_eq!(log[1024], 0, "a new log: every region out of sync");
-    run_job_until(&ctx, || status(&t, &ctx).contains(" 8/8 "));
+    run_job_until(&ctx, || status(&t).contains(" 8/8 "));
     assert_eq!(ctx.dev(1), ctx.dev(2));
     // A clean stop leaves every region clean on the log.
     block_on(target(&t).stop(&ctx)).unwrap();
@@ -265,14 +264,14 @@ fn the_disk_log_is_dm_logs_format_and_after_a_crash_only_dirty_regions_resync() 
         ctx.dev(0)[1025..1032].iter().all(|&b| b == 0),
         "bits past the end clear"
     );
-    assert_eq!(status(&t, &ctx), "2 /a /b 8/8 1 AA 3 disk /log A");
+    assert_eq!(status(&t), "2 /a /b 8/8 1 AA 3 disk /log A");
 
     // A new table over the same log: in sync at once; a write marks its
     // region dirty on the log before any leg is written.
     let t = Table::parse(table).unwrap();
     ctx.writes.borrow_mut().clear();
     block_on(target(&t).resume(&ctx)).unwrap();
-    assert_eq!(status(&t, &ctx), "2 /a /b 8/8 1 AA 3 disk /log A");
+    assert_eq!(status(&t), "2 /a /b 8/8 1 AA 3 disk /log A");
     let _job = ctx.take_spawned();
     fill(&ctx, 0x77);
     io(&t, &ctx, Op::Write, 5 * REGION + 8, 16).unwrap();
@@ -292,9 +291,9 @@ fn the_disk_log_is_dm_logs_format_and_after_a_crash_only_dirty_regions_resync() 
     ctx.devs.borrow_mut()[2][(5 * REGION as usize + 8) * 512] = 0;
     let t = Table::parse(table).unwrap();
     block_on(target(&t).resume(&ctx)).unwrap();
-    assert_eq!(status(&t, &ctx), "2 /a /b 7/8 1 AA 3 disk /log A");
+    assert_eq!(status(&t), "2 /a /b 7/8 1 AA 3 disk /log A");
     ctx.writes.borrow_mut().clear();
-    run_job_until(&ctx, || status(&t, &ctx).contains(" 8/8 "));
+    run_job_until(&ctx, || status(&t).contains(" 8/8 "));
     assert_eq!(ctx.dev(1), ctx.dev(2));
     let copied: u64 = ctx
         .writes
@@ -318,23 +317,18 @@ fn a_log_from_another_writer_is_read_as_the_kernel_reads_it() {
     ctx.devs.borrow_mut()[0] = log.clone();
     let t = Table::parse("0 8192 mirror disk 2 /log 1024 2 /a 0 /b 0").unwrap();
     block_on(target(&t).resume(&ctx)).unwrap();
-    assert!(status(&t, &ctx).contains(" 6/8 "));
+    assert!(status(&t).contains(" 6/8 "));
     // `sync` ignores it: everything is copied.
     ctx.devs.borrow_mut()[0] = log.clone();
     let t = Table::parse("0 8192 mirror disk 3 /log 1024 sync 2 /a 0 /b 0").unwrap();
     block_on(target(&t).resume(&ctx)).unwrap();
-    assert!(status(&t, &ctx).contains(" 0/8 "));
+    assert!(status(&t).contains(" 0/8 "));
     // A grown device: the new regions are out of sync (nosync: in sync).
     ctx.devs.borrow_mut()[0] = log.clone();
     let t = Table::parse("0 16384 mirror disk 2 /log 1024 2 /a 0 /b 0").unwrap();
     let ctx2 = MemCtx::new(&[4096, 2 * LEG, 2 * LEG], vec![]);
     ctx2.devs.borrow_mut()[0] = log;
     block_on(target(&t).resume(&ctx2)).unwrap();
-    assert!(
-        status(&t, &ctx2).contains(" 6/16 "),
-        "{}",
-        status(&t, &ctx2)
-    );
+    assert!(status(&t).contains(" 6/16 "), "{}", status(&t));
     assert_eq!(header(&ctx2.dev(0)).2, 16);
-    let _ = ctx.block_size();
 }
